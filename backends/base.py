@@ -1,0 +1,86 @@
+"""What every image backend takes and returns, and the errors it may raise.
+
+Backends know nothing of routing: the gateway picks one and awaits `generate`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str | None = None
+    n: int = 1
+    width: int = 512
+    height: int = 512
+    num_inference_steps: int | None = None  # None: the backend's default
+    guidance_scale: float | None = None
+    seed: int | None = None  # None: the backend draws one and reports it
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    seed: int
+    backend: str  # "edge" or "cloud"
+    model: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ImageBackend(Protocol):
+    name: str
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    def ready(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BackendError(Exception):
+    """A generation that failed. `kind` labels metrics: timeout, unavailable, http_5xx, moderated, ..."""
+
+    kind = "error"
+
+    def __init__(self, message: str, *, kind: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+        self.retry_after = retry_after
+
+
+class BackendOverloaded(BackendError):
+    """The backend's queue is full or it rate-limits us; try again after `retry_after` seconds."""
+
+    kind = "overloaded"
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot be reached (down, circuit open, timed out)."""
+
+    kind = "unavailable"
+
+
+class ContentModerated(BackendError):
+    """The provider refused the prompt or the image on content grounds."""
+
+    kind = "moderated"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_from_bytes(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
