@@ -17,7 +17,9 @@ TINY_TEXT_DIM = 32
 
 def _byte_level_alphabet() -> list[str]:
     """The 256 printable stand-ins for bytes used by GPT-2/CLIP byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     extra = [b for b in range(256) if b not in printable]
     return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
 
@@ -30,7 +32,9 @@ def build_clip_tokenizer(directory: str | Path, model_max_length: int = 77):
     directory.mkdir(parents=True, exist_ok=True)
     chars = _byte_level_alphabet()
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    tokenizer = CLIPTokenizer(vocab={tok: i for i, tok in enumerate(tokens)}, merges=[], model_max_length=model_max_length)
+    tokenizer = CLIPTokenizer(
+        vocab={tok: i for i, tok in enumerate(tokens)}, merges=[], model_max_length=model_max_length
+    )
     tokenizer.save_pretrained(directory)
     return tokenizer
 
@@ -39,10 +43,17 @@ def _clip_text_config(tokenizer, **overrides):
     from transformers import CLIPTextConfig
 
     kwargs = dict(
-        hidden_size=TINY_TEXT_DIM, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, projection_dim=TINY_TEXT_DIM, layer_norm_eps=1e-5,
+        hidden_size=TINY_TEXT_DIM,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=TINY_TEXT_DIM,
+        layer_norm_eps=1e-5,
     )
     kwargs.update(overrides)
     return CLIPTextConfig(**kwargs)
@@ -57,21 +68,38 @@ def build_tiny_sd_pipeline(directory: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer(directory / "_tokenizer")
     unet = UNet2DConditionModel(
-        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TINY_TEXT_DIM, norm_num_groups=2, attention_head_dim=2,
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TINY_TEXT_DIM,
+        norm_num_groups=2,
+        attention_head_dim=2,
     )
     vae = AutoencoderKL(
-        block_out_channels=[4, 8], in_channels=3, out_channels=3,
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, norm_num_groups=2,
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=2,
     )
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
     )
     pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, scheduler=scheduler, text_encoder=CLIPTextModel(_clip_text_config(tokenizer)),
-        tokenizer=tokenizer, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        unet=unet,
+        vae=vae,
+        scheduler=scheduler,
+        text_encoder=CLIPTextModel(_clip_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(directory)
     return directory
@@ -91,20 +119,40 @@ def build_tiny_sd3_pipeline(directory: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer(directory / "_tokenizer")
     transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=2 * TINY_TEXT_DIM, pooled_projection_dim=2 * TINY_TEXT_DIM,
+        sample_size=32,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=2 * TINY_TEXT_DIM,
+        pooled_projection_dim=2 * TINY_TEXT_DIM,
         out_channels=4,
     )
     vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-        latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5035,
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
     )
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
-        text_encoder=CLIPTextModelWithProjection(_clip_text_config(tokenizer)), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(_clip_text_config(tokenizer)), tokenizer_2=tokenizer,
-        text_encoder_3=None, tokenizer_3=None,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=CLIPTextModelWithProjection(_clip_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_text_config(tokenizer)),
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
     )
     pipe.save_pretrained(directory)
     return directory
@@ -118,13 +166,20 @@ def build_tiny_clip(directory: str | Path, seed: int = 0, image_size: int = 32) 
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer(directory / "_tokenizer")
     vision = CLIPVisionConfig(
-        hidden_size=TINY_TEXT_DIM, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        image_size=image_size, patch_size=8, projection_dim=TINY_TEXT_DIM,
+        hidden_size=TINY_TEXT_DIM,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=TINY_TEXT_DIM,
     )
     config = CLIPConfig(
         text_config=_clip_text_config(tokenizer).to_dict(), vision_config=vision.to_dict(), projection_dim=TINY_TEXT_DIM
     )
     CLIPModel(config).save_pretrained(directory)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
     return directory

@@ -151,9 +151,7 @@ def _prompt_key(prompt: str) -> str:
     return " ".join(prompt.lower().split())
 
 
-def kfold_splits(
-    examples: Sequence[RoutingExample], k: int = 5, seed: int = 0
-) -> list[tuple[list[int], list[int]]]:
+def kfold_splits(examples: Sequence[RoutingExample], k: int = 5, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """Deterministic k-fold (train_idx, test_idx) splits grouped by prompt text.
 
     The same prompt (case and whitespace folded) never sits in two folds.
@@ -223,8 +221,14 @@ def import_genai_bench(path: str | Path, edge: str, cloud: str) -> list[RoutingE
             q_e, q_c = float(np.mean(ratings[edge])), float(np.mean(ratings[cloud]))
             examples.append(
                 RoutingExample(
-                    prompt=item["prompt"], edge_model=edge, cloud_model=cloud, metrics=["alignment"],
-                    q_edge=[q_e], q_cloud=[q_c], source="genai-bench", id=str(item.get("id", key)),
+                    prompt=item["prompt"],
+                    edge_model=edge,
+                    cloud_model=cloud,
+                    metrics=["alignment"],
+                    q_edge=[q_e],
+                    q_cloud=[q_c],
+                    source="genai-bench",
+                    id=str(item.get("id", key)),
                     ratings={"edge": list(ratings[edge]), "cloud": list(ratings[cloud])},
                 )
             )
@@ -279,11 +283,21 @@ def import_agiqa3k(path: str | Path, edge: str, cloud: str) -> list[RoutingExamp
             raise DatasetError(f"{path}:{ln_e} or {ln_c}: MOS is not a number: {exc}") from exc
         examples.append(
             RoutingExample(
-                prompt=row_e["prompt"], edge_model=edge, cloud_model=cloud, metrics=list(AGIQA_DIMS),
-                q_edge=q_e, q_cloud=q_c, source="agiqa3k", id=index,
+                prompt=row_e["prompt"],
+                edge_model=edge,
+                cloud_model=cloud,
+                metrics=list(AGIQA_DIMS),
+                q_edge=q_e,
+                q_cloud=q_c,
+                source="agiqa3k",
+                id=index,
                 ratings={
-                    "edge": {d: {"mos": float(row_e[m]), "std": float(row_e[s] or "nan")} for d, (m, s) in AGIQA_DIMS.items()},
-                    "cloud": {d: {"mos": float(row_c[m]), "std": float(row_c[s] or "nan")} for d, (m, s) in AGIQA_DIMS.items()},
+                    "edge": {
+                        d: {"mos": float(row_e[m]), "std": float(row_e[s] or "nan")} for d, (m, s) in AGIQA_DIMS.items()
+                    },
+                    "cloud": {
+                        d: {"mos": float(row_c[m]), "std": float(row_c[s] or "nan")} for d, (m, s) in AGIQA_DIMS.items()
+                    },
                 },
             )
         )

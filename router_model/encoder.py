@@ -82,12 +82,12 @@ class TextEncoder:
     @torch.inference_mode()
     def encode(self, prompts: Sequence[str], batch_size: int = 64) -> TokenStates:
         """Token states for many prompts, padded to the longest prompt of all (for caching)."""
-        parts = [self.forward_tokens(self.tokenize(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)]
+        parts = [
+            self.forward_tokens(self.tokenize(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)
+        ]
         if not parts:
             raise ValueError("no prompts to encode")
         length = max(p.states.shape[1] for p in parts)
         states = torch.cat([torch.nn.functional.pad(p.states, (0, 0, 0, length - p.states.shape[1])) for p in parts])
         mask = torch.cat([torch.nn.functional.pad(p.mask, (0, length - p.mask.shape[1])) for p in parts])
         return TokenStates(states.cpu(), mask.cpu())
-
-
