@@ -1,0 +1,159 @@
+"""`routet2i` console entry point: dataset, train, evaluate, calibrate, score, serve, worker.
+
+Every sub-command is a thin shell over a library function; errors in user input end with a one-line
+message (exit status 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from router_model.data import DatasetError
+
+DATA_DIR = Path("../shared/data")
+
+
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def cmd_dataset_import(args: argparse.Namespace) -> int:
+    from router_model.data import IMPORTERS, check_consistent, label_with_prs, write_dataset
+
+    examples = IMPORTERS[args.source](args.input, args.edge, args.cloud)
+    check_consistent(examples, args.input)
+    stats = label_with_prs(examples, gamma=args.gamma)
+    write_dataset(args.out, examples, stats)
+    print(f"wrote {len(examples)} examples ({args.edge} → {args.cloud}, metrics {examples[0].metrics}) to {args.out}")
+    return 0
+
+
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    from router_model.build import build_dataset
+    from router_model.data import read_prompts
+
+    summary = build_dataset(
+        read_prompts(args.prompts), args.edge, args.cloud, args.scorer, Path(args.out), limit=args.limit,
+        images_dir=Path(args.images) if args.images else None, batch_size=args.batch_size, seed=args.seed,
+        steps=args.steps, size=args.size, device=args.device, dtype=args.dtype, metrics_file=args.metrics,
+        gamma=args.gamma,
+    )
+    print(f"{summary.done} new examples, {summary.skipped} already done, {summary.total} in {args.out}")
+    return 0
+
+
+def cmd_dataset_stats(args: argparse.Namespace) -> int:
+    from router_model.data import read_examples
+    from router_model.summary import detect_source, pair_summary, source_model_means
+
+    source = detect_source(args.path)
+    if source == "jsonl":
+        s = pair_summary(read_examples(args.path))
+        if args.json:
+            print(json.dumps(s, indent=2))
+            return 0
+        print(f"{args.path}: {s['edge']} (edge) → {s['cloud']} (cloud), {s['prompts']} prompts, metrics {s['metrics']}")
+        print(f"  mean edge quality:  {_fmt(s['mean_edge'])}")
+        print(f"  mean cloud quality: {_fmt(s['mean_cloud'])}")
+        print(f"  cloud better per metric: {_fmt(s['cloud_better_per_metric'])}")
+        print(
+            f"  by PRS: cloud wins {s['cloud_wins']:.1%}, edge wins {s['edge_wins']:.1%}, ties {s['ties']:.1%}, "
+            f"mean PRS {s['mean_prs']:.3f}"
+        )
+        return 0
+    means = source_model_means(args.path, source)
+    if args.json:
+        print(json.dumps(means, indent=2))
+        return 0
+    dims = [k for k in next(iter(means.values())) if k != "n"]
+    print(f"{args.path} ({source}): mean rating per model")
+    print("| model | images | " + " | ".join(dims) + " |")
+    print("|---|---:|" + "---:|" * len(dims))
+    for model, row in means.items():
+        print(f"| {model} | {row['n']} | " + " | ".join(f"{row[d]:.3f}" for d in dims) + " |")
+    return 0
+
+
+def cmd_dataset_analyze(args: argparse.Namespace) -> int:
+    from router_model.complexity import noun_bucket_table
+    from router_model.data import read_examples
+
+    examples = read_examples(args.path)
+    rows = noun_bucket_table(examples)
+    print(f"{args.path}: {examples[0].edge_model} → {examples[0].cloud_model}, cloud win rate by noun count")
+    print("| nouns | prompts | cloud wins | edge wins | ties | mean gap (cloud − edge) |")
+    print("|---|---:|---:|---:|---:|---|")
+    for r in rows:
+        if r["n"]:
+            print(
+                f"| {r['bucket']} | {r['n']} | {r['cloud_win_rate']:.1%} | {r['edge_win_rate']:.1%} | {r['ties']} "
+                f"| {_fmt(r['mean_gap'])} |"
+            )
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routet2i", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dataset = sub.add_parser("dataset", help="build, import and inspect routing datasets")
+    dsub = dataset.add_subparsers(dest="dataset_command", required=True)
+
+    p = dsub.add_parser("import", help="import public human ratings or your own JSONL as a routing dataset")
+    p.add_argument("--source", required=True, choices=["genai-bench", "agiqa3k", "jsonl"])
+    p.add_argument("--input", required=True, help="ratings file (genai_bench_ratings.json, agiqa3k_mos.csv, ...)")
+    p.add_argument("--edge", required=True, help="edge model id as named in the file (e.g. SDXL_2_1)")
+    p.add_argument("--cloud", required=True, help="cloud model id as named in the file (e.g. DALLE_3)")
+    p.add_argument("--out", required=True, help="output routing dataset (.jsonl); PRS statistics go beside it")
+    p.add_argument("--gamma", type=float, default=1.0, help="PRS temperature Γ")
+    p.set_defaults(func=cmd_dataset_import)
+
+    p = dsub.add_parser("build", help="generate edge and cloud images for prompts, score them, write examples")
+    p.add_argument("--prompts", required=True, help="text (one per line), COCO/Parti TSV or DiffusionDB JSON")
+    p.add_argument("--edge", required=True, help="edge diffusers pipeline (path or hub id)")
+    p.add_argument("--cloud", required=True, help="cloud diffusers pipeline (path or hub id)")
+    p.add_argument("--scorer", required=True, help="CLIP checkpoint for the quality metrics (path or hub id)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--images", help="directory to save the generated images in")
+    p.add_argument("--metrics", help="JSON file of quality text pairs (default: the ten of the paper)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--gamma", type=float, default=1.0)
+    p.set_defaults(func=cmd_dataset_build)
+
+    p = dsub.add_parser("stats", help="per-model means of a ratings file, or the pair summary of a dataset")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dataset_stats)
+
+    p = dsub.add_parser("analyze", help="cloud win rate and quality gap per noun-count bucket")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_dataset_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, ValueError, FileNotFoundError) as exc:
+        print(f"routet2i: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
