@@ -1,0 +1,86 @@
+"""Gateway settings: environment variables `ROUTET2I_*` over an optional YAML/TOML file over defaults.
+
+The file is named by `ROUTET2I_CONFIG` (or `routet2i serve --config`). Secrets (admin token, worker
+token, Stability key) come from the environment or a file the operator controls, never from code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_ROUTER = Path(__file__).resolve().parents[1] / "router_model" / "checkpoints" / "default"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROUTET2I_", extra="forbid")
+
+    # router
+    router_path: str = Field(str(DEFAULT_ROUTER), description="Router checkpoint directory.")
+    router_device: str = "auto"
+    scoring_max_batch: int = Field(32, ge=1, description="Most prompts scored in one router call.")
+    scoring_window_ms: float = Field(2.0, ge=0, description="How long a scoring batch waits for company.")
+
+    # budget
+    rho: float = Field(0.3, ge=0, le=1, description="Initial cloud budget ρ (the state file wins once written).")
+    cost_cap_per_minute: int | None = Field(None, ge=1)
+    state_file: str | None = Field("routet2i_state.json", description="Where ρ and the cost cap persist.")
+    score_window: int = Field(2000, ge=10)
+    decision_window: int = Field(1000, ge=10)
+
+    # edge backend
+    edge_model: str | None = Field(None, description="Diffusers pipeline path or hub id (SD 2.1 class).")
+    edge_device: str = "auto"
+    edge_dtype: str = "auto"
+    edge_max_queue: int = Field(16, ge=1)
+    edge_max_batch: int = Field(4, ge=1)
+    edge_batch_window_ms: float = Field(10.0, ge=0)
+    edge_default_steps: int = Field(25, ge=1)
+
+    # cloud backend
+    cloud_kind: Literal["worker", "stability", "none"] = "worker"
+    cloud_url: str | None = Field(None, description="Base URL of a `routet2i worker`.")
+    cloud_token: SecretStr | None = Field(None, description="Bearer token of the worker.")
+    stability_api_key: SecretStr | None = None
+    stability_model: Literal["sd3.5-large", "sd3.5-large-turbo", "sd3.5-medium"] = "sd3.5-large"
+    cloud_timeout_s: float = Field(120.0, gt=0)
+    cloud_retries: int = Field(2, ge=0)
+
+    # service
+    admin_token: SecretStr | None = Field(None, description="Bearer token for /admin; unset = admin off.")
+    log_prompts: bool = Field(False, description="Log prompt text (off: prompts can be private).")
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    demo: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("ROUTET2I_CONFIG")
+        if config:
+            path = Path(config)
+            if not path.exists():
+                raise FileNotFoundError(f"ROUTET2I_CONFIG={config}: no such file")
+            if path.suffix == ".toml":
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            elif path.suffix in (".yaml", ".yml"):
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+            else:
+                raise ValueError(f"ROUTET2I_CONFIG={config}: use a .yaml, .yml or .toml file")
+        return tuple(sources)
