@@ -138,7 +138,9 @@ def build_dataset(
     metric_names = [m.name for m in load_metrics(metrics_file)]  # fail fast, before any model loads
     have = {ex.prompt for ex in _existing(out, edge, cloud, metric_names)}
     todo = [p for p in distinct if p not in have]
-    summary = BuildSummary(done=0, skipped=len(distinct) - len(todo) + repeated, total=len(distinct), examples=0, out=out)
+    summary = BuildSummary(
+        done=0, skipped=len(distinct) - len(todo) + repeated, total=len(distinct), examples=0, out=out
+    )
 
     if todo:
         if images_dir is not None:
