@@ -39,9 +39,20 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     from router_model.data import read_prompts
 
     summary = build_dataset(
-        read_prompts(args.prompts), args.edge, args.cloud, args.scorer, Path(args.out), limit=args.limit,
-        images_dir=Path(args.images) if args.images else None, batch_size=args.batch_size, seed=args.seed,
-        steps=args.steps, size=args.size, device=args.device, dtype=args.dtype, metrics_file=args.metrics,
+        read_prompts(args.prompts),
+        args.edge,
+        args.cloud,
+        args.scorer,
+        Path(args.out),
+        limit=args.limit,
+        images_dir=Path(args.images) if args.images else None,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        steps=args.steps,
+        size=args.size,
+        device=args.device,
+        dtype=args.dtype,
+        metrics_file=args.metrics,
         gamma=args.gamma,
     )
     print(f"{summary.done} new examples, {summary.skipped} already done, {summary.total} in {args.out}")
@@ -98,6 +109,29 @@ def cmd_dataset_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- worker
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+
+    from backends.worker import TOKEN_ENV, run_worker
+
+    run_worker(
+        args.model,
+        args.host,
+        args.port,
+        token=os.environ.get(TOKEN_ENV) or None,
+        device=args.device,
+        dtype=args.dtype,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        pipeline_class=args.pipeline_class,
+        default_steps=args.steps,
+    )
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -143,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("analyze", help="cloud win rate and quality gap per noun-count bucket")
     p.add_argument("path")
     p.set_defaults(func=cmd_dataset_analyze)
+
+    p = sub.add_parser("worker", help="serve the cloud model (SD3.5) over HTTP for the gateway")
+    p.add_argument("--model", required=True, help="diffusers pipeline path or hub id (e.g. SD3.5 large)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-queue", type=int, default=8)
+    p.add_argument("--max-batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=28, help="default inference steps")
+    p.add_argument("--pipeline-class", default="StableDiffusion3Pipeline")
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

@@ -38,9 +38,7 @@ def outcome(prs: float) -> str:
     return "cloud" if prs < 0.5 else "edge"
 
 
-def noun_bucket_table(
-    examples: Sequence[RoutingExample], buckets: Sequence[int] = (0, 1, 2, 3, 4, 5)
-) -> list[dict]:
+def noun_bucket_table(examples: Sequence[RoutingExample], buckets: Sequence[int] = (0, 1, 2, 3, 4, 5)) -> list[dict]:
     """Per noun-count bucket: prompts, cloud/edge win rates, ties, mean quality gap (cloud − edge) per metric.
 
     The last bucket is open-ended ("5+"). Examples without a PRS label are labelled with statistics

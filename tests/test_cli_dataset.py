@@ -43,8 +43,20 @@ def test_import_then_stats_and_analyze(tmp_path, capsys):
 
 def test_bad_model_is_a_clear_cli_error(tmp_path, capsys):
     code = main(
-        ["dataset", "import", "--source", "agiqa3k", "--input", str(DATA / "agiqa3k_mos.csv"), "--edge", "sd15",
-         "--cloud", "xl2.2_normal", "--out", str(tmp_path / "x.jsonl")]
+        [
+            "dataset",
+            "import",
+            "--source",
+            "agiqa3k",
+            "--input",
+            str(DATA / "agiqa3k_mos.csv"),
+            "--edge",
+            "sd15",
+            "--cloud",
+            "xl2.2_normal",
+            "--out",
+            str(tmp_path / "x.jsonl"),
+        ]
     )
     err = capsys.readouterr().err
     assert code == 2 and "models it has" in err and "sd1.5_normal" in err

@@ -1,0 +1,284 @@
+"""Dual-gated token-selection mixture-of-experts router (RouteT2I §5.1).
+
+Given token states T [B, n, d] of a frozen text encoder, one expert per quality metric i:
+
+    gate       A = softmax([T Eᵀ/√d, 0])         softmax over the experts plus a fixed null logit
+    selection  expert i keeps its top-K tokens by A[:, i] (expert choice; padding never selected)
+    dual gate  T_i^± = T P_i^± S_i,  T̂_i = σ(T_i^+ − T_i^−)      P_i^± [d, l], shared S_i [l, h]
+    pooling    z_i = Σ_t a_it T̂_i[t] over the selected tokens, a renormalised gate weights
+    heads      D̂_i = σ(u_iᵀ z_i + c_i),   PRŜ = Σ_i w_i D̂_i     (w from the PRS statistics)
+
+The null logit lets a token be relevant to no expert; without it a one-metric router (k = 1, e.g.
+human-rating data with a single dimension) would have a constant gate A ≡ 1 and select nothing.
+Ablations (`RouterConfig`): `multi_metric=False` → one expert and one head trained on PRS only;
+`token_selection=False` → no expert embeddings, every real token pooled with equal weight;
+`dual_gate=False` → one projection T̂_i = σ(T P_i S_i), no contrast.
+
+A checkpoint (`save_pretrained`) is `config.json` + `model.safetensors` holding the head only; the
+encoder is referenced by name (unless it was fine-tuned, then it is saved under `encoder/`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from router_model.encoder import DEFAULT_ENCODER, TextEncoder, TokenStates, pick_device
+from router_model.prs import PRSStats
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+ENCODER_DIRNAME = "encoder"
+
+
+@dataclass
+class RouterConfig:
+    """Everything needed to rebuild the router head; stored as `config.json` in the checkpoint."""
+
+    metrics: list[str] = field(default_factory=list)
+    encoder: str = DEFAULT_ENCODER
+    input_dim: int | None = None  # the encoder's hidden size d; filled in by training when unknown
+    top_k: int = 8
+    low_rank: int = 8
+    hidden: int = 64
+    multi_metric: bool = True
+    token_selection: bool = True
+    dual_gate: bool = True
+    dropout: float = 0.1
+    max_length: int = 77
+    prs_stats: dict[str, Any] | None = None
+    encoder_finetuned: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "low_rank", "hidden", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"RouterConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"RouterConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.prs_stats is not None and not self.metrics:
+            self.metrics = list(self.prs_stats["metrics"])
+        if self.prs_stats is not None and list(self.prs_stats["metrics"]) != list(self.metrics):
+            raise ValueError(
+                f"RouterConfig.metrics {self.metrics} differ from the PRS statistics' metrics "
+                f"{self.prs_stats['metrics']}; train the router on the statistics of its own dataset"
+            )
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.metrics) if self.multi_metric else 1
+
+    @property
+    def head_names(self) -> list[str]:
+        """Names of the columns of `d_hat`: the metrics, or just `prs` when multi_metric is off."""
+        return list(self.metrics) if self.multi_metric else ["prs"]
+
+    def stats(self) -> PRSStats | None:
+        return PRSStats.from_dict(self.prs_stats) if self.prs_stats is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RouterConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown router config field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RouterConfig:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no router config here; is this a router checkpoint directory?")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: invalid router config: {exc}") from exc
+
+
+@dataclass
+class RouterScores:
+    """Router output for a batch of prompts: PRŜ [B] and the per-head predictions D̂ [B, k]."""
+
+    prs: np.ndarray
+    per_metric: np.ndarray
+    metrics: list[str]
+
+    @property
+    def cloud_advantage(self) -> np.ndarray:
+        """1 − PRŜ: the ranking key for sending prompts to the cloud."""
+        return 1.0 - self.prs
+
+
+class RouteT2IRouter(nn.Module):
+    def __init__(self, config: RouterConfig, encoder: TextEncoder | None = None):
+        super().__init__()
+        if not config.metrics:
+            raise ValueError("RouterConfig.metrics is empty: name the quality metrics (one expert each)")
+        if config.input_dim is None:
+            raise ValueError("RouterConfig.input_dim is unset: give the encoder's hidden size")
+        self.config = config
+        self._encoder = encoder
+        self.training_summary: dict[str, Any] | None = None
+        d, k, rank, h = int(config.input_dim), config.num_experts, config.low_rank, config.hidden
+        std_p = 1.0 / math.sqrt(d)
+        self.norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.dropout)
+        if config.token_selection:
+            self.expert_embeddings = nn.Parameter(torch.randn(k, d) * std_p)
+        self.proj_pos = nn.Parameter(torch.randn(k, d, rank) * std_p)
+        if config.dual_gate:
+            self.proj_neg = nn.Parameter(torch.randn(k, d, rank) * std_p)
+        self.scoring = nn.Parameter(torch.randn(k, rank, h) / math.sqrt(rank))
+        self.scoring_bias = nn.Parameter(torch.zeros(k, h))
+        self.head_weight = nn.Parameter(torch.randn(k, h) / math.sqrt(h))
+        self.head_bias = nn.Parameter(torch.zeros(k))
+        stats = config.stats()
+        weights = stats.weights if (stats is not None and config.multi_metric) else [1.0 / k] * k
+        self.register_buffer("metric_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+
+    # ------------------------------------------------------------------ the head
+
+    def gate(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooling weights [B, n, k] (sum 1 over tokens per expert) and the selection [B, n, k] (bool)."""
+        mask = mask.bool()
+        real = mask.unsqueeze(-1).expand(*mask.shape, self.config.num_experts)
+        if not self.config.token_selection:
+            weights = real.to(states.dtype)
+            return weights / weights.sum(1, keepdim=True).clamp_min(1.0), real
+        logits = states @ self.expert_embeddings.t() / math.sqrt(states.shape[-1])
+        null = torch.zeros_like(logits[..., :1])
+        affinity = torch.softmax(torch.cat([logits, null], dim=-1), dim=-1)[..., :-1]
+        affinity = affinity.masked_fill(~real, 0.0)
+        top = min(self.config.top_k, states.shape[1])
+        ranked = affinity.masked_fill(~real, -1.0)
+        index = ranked.topk(top, dim=1).indices
+        selected = torch.zeros_like(real).scatter(1, index, True) & real
+        weights = affinity * selected
+        return weights / weights.sum(1, keepdim=True).clamp_min(1e-12), selected
+
+    def logits(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-head logits [B, k] (σ of these is D̂)."""
+        if states.dim() != 3 or mask.shape != states.shape[:2]:
+            raise ValueError(
+                f"expected states [B, n, d] and mask [B, n], got {tuple(states.shape)}, {tuple(mask.shape)}"
+            )
+        if states.shape[-1] != self.config.input_dim:
+            raise ValueError(
+                f"token states have width {states.shape[-1]} but the router expects {self.config.input_dim}: "
+                f"use the encoder it was trained with ({self.config.encoder})"
+            )
+        mask = mask.bool()
+        states = self.norm(states.masked_fill(~mask.unsqueeze(-1), 0.0))
+        weights, _ = self.gate(states, mask)
+        score = torch.einsum("bnd,kdl->bnkl", self.dropout(states), self.proj_pos)
+        if self.config.dual_gate:  # independent dropout masks for the two gates
+            score = score - torch.einsum("bnd,kdl->bnkl", self.dropout(states), self.proj_neg)
+        tokens = torch.sigmoid(torch.einsum("bnkl,klh->bnkh", score, self.scoring) + self.scoring_bias)
+        pooled = self.dropout(torch.einsum("bnk,bnkh->bkh", weights, tokens))
+        return torch.einsum("bkh,kh->bk", pooled, self.head_weight) + self.head_bias
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D̂ [B, k], PRŜ [B]), both in (0, 1)."""
+        d_hat = torch.sigmoid(self.logits(states, mask))
+        return d_hat, d_hat @ self.metric_weights
+
+    # ------------------------------------------------------------------ prompts in, scores out
+
+    @property
+    def device(self) -> torch.device:
+        return self.head_bias.device
+
+    @property
+    def encoder(self) -> TextEncoder:
+        """The text encoder, loaded on first use on the router's device."""
+        if self._encoder is None:
+            self._encoder = TextEncoder(self.config.encoder, device=str(self.device), max_length=self.config.max_length)
+        return self._encoder
+
+    def attach_encoder(self, encoder: TextEncoder) -> None:
+        self._encoder = encoder
+
+    @torch.inference_mode()
+    def score_states(self, token_states: TokenStates, batch_size: int = 256) -> RouterScores:
+        """Scores for pre-encoded prompts (the evaluator encodes a dataset once)."""
+        self.eval()
+        d_parts, p_parts = [], []
+        for start in range(0, len(token_states), batch_size):
+            part = token_states.subset(range(start, min(start + batch_size, len(token_states))))
+            d_hat, prs_hat = self(part.states.to(self.device), part.mask.to(self.device))
+            d_parts.append(d_hat.float().cpu())
+            p_parts.append(prs_hat.float().cpu())
+        if not p_parts:
+            return RouterScores(np.zeros(0), np.zeros((0, self.config.num_experts)), self.config.head_names)
+        return RouterScores(torch.cat(p_parts).numpy(), torch.cat(d_parts).numpy(), self.config.head_names)
+
+    @torch.inference_mode()
+    def score(self, prompts: Sequence[str], batch_size: int = 64) -> RouterScores:
+        """PRŜ and per-metric predictions for raw prompts (encoder + head, batched)."""
+        if isinstance(prompts, str):
+            raise TypeError("score() takes a sequence of prompts, not a single string")
+        self.eval()
+        d_parts, p_parts = [], []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            states = self.encoder.forward_tokens(self.encoder.tokenize(chunk))
+            d_hat, prs_hat = self(states.states.to(self.device), states.mask.to(self.device))
+            d_parts.append(d_hat.float().cpu())
+            p_parts.append(prs_hat.float().cpu())
+        if not p_parts:
+            return RouterScores(np.zeros(0), np.zeros((0, self.config.num_experts)), self.config.head_names)
+        return RouterScores(torch.cat(p_parts).numpy(), torch.cat(d_parts).numpy(), self.config.head_names)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json + model.safetensors (head only; the encoder is referenced by name)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory / CONFIG_NAME)
+        tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "kind": "routet2i-router"})
+        if self.config.encoder_finetuned:
+            if self._encoder is None:
+                raise ValueError("config says the encoder was fine-tuned, but the router holds no encoder to save")
+            self._encoder.model.save_pretrained(directory / ENCODER_DIRNAME)
+            self._encoder.tokenizer.save_pretrained(directory / ENCODER_DIRNAME)
+        if self.training_summary is not None:
+            (directory / "training_summary.json").write_text(json.dumps(self.training_summary, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "auto") -> RouteT2IRouter:
+        """Load a checkpoint written by `save_pretrained`; the encoder loads lazily on first `score`."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config = RouterConfig.load(directory / CONFIG_NAME)
+        if config.encoder_finetuned:
+            config.encoder = str(directory / ENCODER_DIRNAME)
+        weights_path = directory / WEIGHTS_NAME
+        if not weights_path.exists():
+            raise FileNotFoundError(f"{weights_path}: router weights missing from the checkpoint")
+        router = cls(config)
+        missing, unexpected = router.load_state_dict(load_file(str(weights_path)), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights_path}: weights do not match config.json (missing {missing}, unexpected {unexpected}); "
+                "the checkpoint is corrupt or from another version"
+            )
+        return router.to(pick_device(device)).eval()
