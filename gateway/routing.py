@@ -18,9 +18,7 @@ import numpy as np
 class PromptScorer(Protocol):
     """What the gateway needs of a router (RouteT2IRouter satisfies it)."""
 
-    metric_names: list[str]
-
-    def score(self, prompts: Sequence[str]): ...  # -> object with .prs [B] and .per_metric [B, k]
+    def score(self, prompts: Sequence[str]): ...  # -> object with .prs [B], .per_metric [B, k], .metrics
 
 
 @dataclass
@@ -89,7 +87,7 @@ class ScoringService:
             latency = time.perf_counter() - started
             prs = np.asarray(scores.prs, dtype=float)
             per_metric = np.asarray(scores.per_metric, dtype=float)
-            names = list(self.router.metric_names)
+            names = list(scores.metrics)
             for i, (_, future) in enumerate(live):
                 if not future.done():
                     future.set_result(

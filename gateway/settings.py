@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin; unset = admin off.")
     log_prompts: bool = Field(False, description="Log prompt text (off: prompts can be private).")
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_in_flight: int = Field(256, ge=1, description="Generation requests in flight before 429.")
     demo: bool = False
 
     @classmethod

@@ -12,12 +12,11 @@ from gateway.routing import ScoringService
 class Scores:
     prs: np.ndarray
     per_metric: np.ndarray
+    metrics: tuple[str, ...] = ("short", "plain")
 
 
 class LengthScorer:
     """A deterministic scorer that records its calls: PRS falls with prompt length."""
-
-    metric_names = ["short", "plain"]
 
     def __init__(self, fail_on: str | None = None):
         self.calls: list[list[str]] = []

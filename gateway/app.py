@@ -1,0 +1,241 @@
+"""`create_app(settings)` → the FastAPI gateway. Routes only: the work happens in `serving.Gateway`."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from backends.base import ImageBackend, png_bytes
+from gateway.budget import BudgetController, InMemoryBudgetStore
+from gateway.metrics import GatewayMetrics
+from gateway.routing import PromptScorer, ScoringService
+from gateway.schemas import (
+    BudgetUpdate,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    ImageData,
+    OpenAIImageRequest,
+    OpenAIImageResponse,
+    RouteInfo,
+    ScoreRequest,
+    ScoreResponse,
+)
+from gateway.serving import Gateway, GatewayError, Served
+from gateway.settings import Settings
+
+log = logging.getLogger("routet2i.gateway")
+audit = logging.getLogger("routet2i.audit")
+
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "Refused by the cloud provider's content filter"},
+    413: {"model": ErrorResponse, "description": "Body larger than max_body_bytes"},
+    429: {"model": ErrorResponse, "description": "Too many requests in flight; see Retry-After"},
+    503: {"model": ErrorResponse, "description": "Backend busy or failed; see Retry-After"},
+}
+
+
+def _gateway(request: Request) -> Gateway:
+    if not hasattr(request.app.state, "gateway"):
+        raise HTTPException(503, "the gateway is starting", headers={"Retry-After": "5"})
+    return request.app.state.gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(_gateway)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+
+
+def build_backends(settings: Settings) -> tuple[ImageBackend, ImageBackend | None]:
+    """The edge pipeline and the cloud client the settings name (nothing is loaded yet)."""
+    from backends.cloud import StabilityCloudBackend, WorkerCloudBackend
+    from backends.edge import EdgeBackend
+
+    if not settings.edge_model:
+        raise ValueError("no edge model: set ROUTET2I_EDGE_MODEL to a diffusers pipeline path or hub id")
+    edge = EdgeBackend(
+        settings.edge_model, device=settings.edge_device, dtype=settings.edge_dtype, max_queue=settings.edge_max_queue,
+        max_batch=settings.edge_max_batch, batch_window_ms=settings.edge_batch_window_ms,
+        default_steps=settings.edge_default_steps, lazy=True,
+    )  # fmt: skip
+    options = {"timeout": settings.cloud_timeout_s, "max_retries": settings.cloud_retries}
+    cloud: ImageBackend | None = None
+    if settings.cloud_kind == "worker":
+        if not settings.cloud_url:
+            raise ValueError("cloud_kind=worker needs ROUTET2I_CLOUD_URL (or set ROUTET2I_CLOUD_KIND=none)")
+        token = settings.cloud_token.get_secret_value() if settings.cloud_token else None
+        cloud = WorkerCloudBackend(settings.cloud_url, token=token, **options)
+    elif settings.cloud_kind == "stability":
+        if not settings.stability_api_key:
+            raise ValueError("cloud_kind=stability needs ROUTET2I_STABILITY_API_KEY")
+        cloud = StabilityCloudBackend(
+            settings.stability_api_key.get_secret_value(), model=settings.stability_model, **options
+        )
+    return edge, cloud
+
+
+def load_router(settings: Settings) -> PromptScorer:
+    from router_model.model import RouteT2IRouter
+
+    return RouteT2IRouter.from_pretrained(settings.router_path, device=settings.router_device)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    router: PromptScorer | None = None,
+    edge: ImageBackend | None = None,
+    cloud: ImageBackend | None = None,
+) -> FastAPI:
+    """The gateway app. Components not passed in are built from `settings` when the app starts."""
+    settings = settings or Settings()
+    metrics = GatewayMetrics()
+    store = InMemoryBudgetStore(settings.rho, cost_cap=settings.cost_cap_per_minute, state_path=settings.state_file)
+    budget = BudgetController(store, score_window=settings.score_window, decision_window=settings.decision_window)
+    if edge is None:
+        edge, built_cloud = build_backends(settings)
+        cloud = cloud if cloud is not None else built_cloud
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scorer = router if router is not None else load_router(settings)
+        scoring = ScoringService(scorer, max_batch=settings.scoring_max_batch, window_ms=settings.scoring_window_ms)
+        await scoring.start()
+        if hasattr(edge, "load"):
+            await edge.load()
+        app.state.gateway = Gateway(
+            scoring=scoring, budget=budget, metrics=metrics, edge=edge, cloud=cloud, log_prompts=settings.log_prompts
+        )
+        log.info("gateway ready: ρ=%.3f, cloud=%s", budget.rho, settings.cloud_kind if cloud else "none")
+        try:
+            yield
+        finally:
+            await scoring.aclose()
+            for backend in (edge, cloud):
+                if backend is not None:
+                    await backend.aclose()
+
+    app = FastAPI(title="RouteT2I gateway", version="0.1.0", lifespan=lifespan)
+    app.state.settings, app.state.budget, app.state.metrics = settings, budget, metrics
+    app.state.in_flight = 0
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """Cap body size and requests in flight (429 + Retry-After) before any work is done."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            return JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
+        generating = request.url.path in ("/generate", "/v1/images/generations")
+        if generating and app.state.in_flight >= settings.max_in_flight:
+            return JSONResponse(
+                {"detail": f"more than {settings.max_in_flight} requests in flight; retry shortly"},
+                status_code=429, headers={"Retry-After": "1"},
+            )  # fmt: skip
+        app.state.in_flight += generating
+        try:
+            return await call_next(request)
+        finally:
+            app.state.in_flight -= generating
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+        return JSONResponse({"detail": exc.detail, "kind": exc.kind}, status_code=exc.status, headers=headers)
+
+    def route_headers(response: Response, served: Served) -> None:
+        response.headers["X-Route-Backend"] = served.route.backend
+        response.headers["X-Route-Reason"] = served.route.reason
+
+    def images(served: Served) -> list[ImageData]:
+        return [ImageData(b64_json=base64.b64encode(png_bytes(im)).decode()) for im in served.result.images]
+
+    @app.post("/generate", response_model=GenerateResponse, responses=ERRORS, tags=["images"])
+    async def generate(body: GenerateRequest, response: Response, gw: GatewayDep) -> GenerateResponse:
+        """Generate images; the router decides edge or cloud unless `route` or `private` says otherwise."""
+        served = await gw.generate(body)
+        route_headers(response, served)
+        r = served.route
+        return GenerateResponse(
+            created=int(time.time()), data=images(served), seed=served.result.seed,
+            route=RouteInfo(backend=r.backend, reason=r.reason, prs=r.prs, alpha=r.alpha, rho=r.rho),
+        )  # fmt: skip
+
+    @app.post("/v1/images/generations", response_model=OpenAIImageResponse, responses=ERRORS, tags=["images"])
+    async def openai_generations(body: OpenAIImageRequest, response: Response, gw: GatewayDep) -> OpenAIImageResponse:
+        """OpenAI Images API shape, served through the same routing as /generate."""
+        served = await gw.generate(GenerateRequest(prompt=body.prompt, n=body.n, size=body.size))
+        route_headers(response, served)
+        return OpenAIImageResponse(created=int(time.time()), data=images(served))
+
+    @app.post("/route", response_model=ScoreResponse, tags=["routing"])
+    async def route(body: ScoreRequest, gw: GatewayDep) -> ScoreResponse:
+        """Score a prompt and say where it would go now; generates nothing and counts nothing."""
+        score = await gw.score(body.prompt)
+        decision = gw.would_route(score.prs, body.private)
+        return ScoreResponse(
+            prs=score.prs, per_metric=score.per_metric, backend=decision.backend, reason=decision.reason,
+            alpha=budget.alpha(), rho=decision.rho,
+        )  # fmt: skip
+
+    def require_admin(credentials: BearerDep) -> None:
+        if settings.admin_token is None:
+            raise HTTPException(404, "the admin endpoint is off: set ROUTET2I_ADMIN_TOKEN to enable it")
+        if credentials is None:
+            raise HTTPException(401, "admin token required: Authorization: Bearer <token>",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        expected = settings.admin_token.get_secret_value().encode()
+        if not hmac.compare_digest(credentials.credentials.encode(), expected):
+            raise HTTPException(403, "wrong admin token")
+
+    @app.get("/admin/budget", dependencies=[Depends(require_admin)], tags=["admin"])
+    async def get_budget() -> dict:
+        """ρ, α, the windowed cloud fraction and cost-cap use."""
+        return budget.snapshot()
+
+    @app.put("/admin/budget", dependencies=[Depends(require_admin)], tags=["admin"])
+    async def put_budget(body: BudgetUpdate, request: Request) -> dict:
+        """Change ρ and/or the cost cap (0 removes it); effective on the next request, persisted."""
+        before = budget.snapshot()
+        if body.rho is not None:
+            budget.set_rho(body.rho)
+        if body.cost_cap_per_minute is not None:
+            budget.set_cost_cap(body.cost_cap_per_minute or None)
+        after = budget.snapshot()
+        audit.warning(
+            "admin budget change from %s: rho %s -> %s, cost_cap %s -> %s",
+            request.client.host if request.client else "?", before["rho"], after["rho"], before["cost_cap"],
+            after["cost_cap"],
+        )  # fmt: skip
+        return after
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        metrics.set_budget(budget.snapshot())
+        if hasattr(edge, "queue_depth"):
+            metrics.set_queue_depth(edge.queue_depth())
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> JSONResponse:
+        parts = {
+            "router": hasattr(request.app.state, "gateway"),
+            "edge": edge.ready(),
+            "cloud": cloud.ready() if cloud is not None else None,
+        }
+        ready = parts["router"] and parts["edge"]
+        return JSONResponse({"ready": ready, **parts}, status_code=200 if ready else 503)
+
+    return app

@@ -1,0 +1,166 @@
+"""One request through the gateway: score, decide, generate, fall back, count.
+
+`Gateway` composes the router (via the scoring service), the budget controller, the two backends
+and the metrics; `app.py` only turns HTTP into calls of `generate` and `score`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from backends.base import (
+    BackendError,
+    BackendOverloaded,
+    ContentModerated,
+    GenerationRequest,
+    GenerationResult,
+    ImageBackend,
+)
+from gateway.budget import BudgetController
+from gateway.metrics import GatewayMetrics
+from gateway.routing import PromptScore, ScoringService
+from gateway.schemas import GenerateRequest, parse_size
+
+log = logging.getLogger("routet2i.gateway")
+
+
+class GatewayError(Exception):
+    """A request that cannot be served; `status` and `retry_after` become the HTTP response."""
+
+    def __init__(self, status: int, detail: str, *, retry_after: float | None = None, kind: str = "error"):
+        super().__init__(detail)
+        self.status, self.detail, self.retry_after, self.kind = status, detail, retry_after, kind
+
+
+@dataclass
+class Route:
+    backend: str  # "edge" | "cloud"
+    reason: str  # model | budget | forced | private | fallback
+    prs: float | None
+    alpha: float | None
+    rho: float
+
+
+@dataclass
+class Served:
+    result: GenerationResult
+    route: Route
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        scoring: ScoringService,
+        budget: BudgetController,
+        metrics: GatewayMetrics,
+        edge: ImageBackend,
+        cloud: ImageBackend | None,
+        log_prompts: bool = False,
+    ):
+        self.scoring, self.budget, self.metrics = scoring, budget, metrics
+        self.edge, self.cloud = edge, cloud
+        self.log_prompts = log_prompts
+
+    async def score(self, prompt: str) -> PromptScore:
+        score = await self.scoring.score(prompt)
+        self.metrics.observe_router(score.prs, score.latency_s)
+        return score
+
+    def would_route(self, prs: float, private: bool) -> Route:
+        """The decision the next request with this score would get, without counting it (for /route)."""
+        rho = self.budget.rho
+        if private:
+            return Route("edge", "private", prs, None, rho)
+        alpha = self.budget.alpha()
+        return Route("cloud" if prs < alpha else "edge", "model", prs, alpha, rho)
+
+    async def generate(self, body: GenerateRequest) -> Served:
+        started = time.perf_counter()
+        width, height = parse_size(body.size)
+        request = GenerationRequest(
+            prompt=body.prompt, negative_prompt=body.negative_prompt, n=body.n, width=width, height=height,
+            num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, seed=body.seed,
+        )  # fmt: skip
+        route, ticket = await self._decide(body)
+        try:
+            served = await self._serve(request, route, ticket)
+        except GatewayError as exc:
+            self.metrics.observe_request(
+                backend=route.backend, reason=route.reason, status=exc.status, duration_s=time.perf_counter() - started
+            )
+            raise
+        duration = time.perf_counter() - started
+        self.metrics.observe_request(
+            backend=served.route.backend, reason=served.route.reason, status=200, duration_s=duration
+        )
+        log.info(
+            "served backend=%s reason=%s prs=%s alpha=%s n=%d size=%dx%d seconds=%.3f%s",
+            served.route.backend, served.route.reason, _fmt(served.route.prs), _fmt(served.route.alpha), body.n,
+            width, height, duration, f" prompt={body.prompt!r}" if self.log_prompts else "",
+        )  # fmt: skip
+        return served
+
+    async def _decide(self, body: GenerateRequest) -> tuple[Route, int | None]:
+        """(route, ticket): the ticket of a counted model decision, None when counted later by `_count`."""
+        rho = self.budget.rho
+        if body.private:
+            return Route("edge", "private", None, None, rho), None
+        if body.route != "auto":
+            return Route(body.route, "forced", None, None, rho), None
+        score = await self.score(body.prompt)
+        decision = self.budget.decide(score.prs)
+        return Route(decision.backend, decision.reason, score.prs, decision.alpha, decision.rho), decision.ticket
+
+    async def _serve(self, request: GenerationRequest, route: Route, ticket: int | None) -> Served:
+        if route.backend == "cloud":
+            if self.cloud is None:
+                self.metrics.backend_error("not_configured", "cloud")
+                route = self._fall_back(route, ticket)
+            else:
+                try:
+                    result = await self.cloud.generate(request)
+                    self._count(route, ticket)
+                    return Served(result, route)
+                except ContentModerated as exc:
+                    self.metrics.backend_error(exc.kind, "cloud")
+                    self._count(route, ticket)
+                    raise GatewayError(400, f"the cloud provider refused this prompt: {exc}", kind=exc.kind) from exc
+                except BackendError as exc:
+                    self.metrics.backend_error(exc.kind, "cloud")
+                    log.warning("cloud failed (%s): %s; falling back to the edge", exc.kind, exc)
+                    route = self._fall_back(route, ticket)
+        else:
+            self._count(route, ticket)
+        try:
+            result = await self.edge.generate(request)
+        except ValueError as exc:
+            raise GatewayError(422, str(exc), kind="invalid") from exc
+        except BackendOverloaded as exc:
+            self.metrics.backend_error(exc.kind, "edge")
+            raise GatewayError(
+                503, f"the edge model is busy: {exc}", retry_after=exc.retry_after or 1.0, kind=exc.kind
+            ) from exc
+        except BackendError as exc:
+            self.metrics.backend_error(exc.kind, "edge")
+            raise GatewayError(
+                503, f"the edge model failed: {exc}", retry_after=exc.retry_after or 5.0, kind=exc.kind
+            ) from exc
+        return Served(result, route)
+
+    def _fall_back(self, route: Route, ticket: int | None) -> Route:
+        fallback = Route("edge", "fallback", route.prs, route.alpha, route.rho)
+        self._count(fallback, ticket, force=True)
+        return fallback
+
+    def _count(self, route: Route, ticket: int | None, force: bool = False) -> None:
+        """Record what served the request: model decisions are already counted unless served otherwise."""
+        if ticket is not None and not force:
+            return
+        self.budget.record(route.backend, route.reason, ticket=ticket, prs=route.prs if ticket is None else None)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
