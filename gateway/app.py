@@ -8,10 +8,12 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from backends.base import ImageBackend, png_bytes
@@ -33,6 +35,7 @@ from gateway.schemas import (
 from gateway.serving import Gateway, GatewayError, Served
 from gateway.settings import Settings
 
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("routet2i.gateway")
 audit = logging.getLogger("routet2i.audit")
 
@@ -82,6 +85,12 @@ def build_backends(settings: Settings) -> tuple[ImageBackend, ImageBackend | Non
     return edge, cloud
 
 
+def build_budget(settings: Settings) -> BudgetController:
+    """The live budget controller on the store the settings name (in-memory, persisted to a state file)."""
+    store = InMemoryBudgetStore(settings.rho, cost_cap=settings.cost_cap_per_minute, state_path=settings.state_file)
+    return BudgetController(store, score_window=settings.score_window, decision_window=settings.decision_window)
+
+
 def load_router(settings: Settings) -> PromptScorer:
     from router_model.model import RouteT2IRouter
 
@@ -98,8 +107,7 @@ def create_app(
     """The gateway app. Components not passed in are built from `settings` when the app starts."""
     settings = settings or Settings()
     metrics = GatewayMetrics()
-    store = InMemoryBudgetStore(settings.rho, cost_cap=settings.cost_cap_per_minute, state_path=settings.state_file)
-    budget = BudgetController(store, score_window=settings.score_window, decision_window=settings.decision_window)
+    budget = build_budget(settings)
     if edge is None:
         edge, built_cloud = build_backends(settings)
         cloud = cloud if cloud is not None else built_cloud
@@ -223,6 +231,29 @@ def create_app(
             metrics.set_queue_depth(edge.queue_depth())
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
+
+    @app.get("/v1/status", tags=["ops"])
+    async def status(request: Request) -> dict:
+        """Live numbers for dashboards and the console page: budget, readiness, queue depth (no secrets)."""
+        return {
+            "time": time.time(),
+            "budget": budget.snapshot(),
+            "ready": hasattr(request.app.state, "gateway") and edge.ready(),
+            "cloud_configured": cloud is not None,
+            "edge_queue_depth": edge.queue_depth() if hasattr(edge, "queue_depth") else None,
+            "admin_enabled": settings.admin_token is not None,
+        }
+
+    @app.get("/", include_in_schema=False)
+    async def console() -> Response:
+        """The operator console and playground (static files shipped in the package)."""
+        index = STATIC_DIR / "index.html"
+        if not index.exists():
+            return JSONResponse({"detail": "no console page in this build; see /docs for the API"}, status_code=404)
+        return FileResponse(index)
+
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict:
