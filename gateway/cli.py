@@ -165,6 +165,72 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rename_method(result: dict, old: str, new: str) -> None:
+    """Report a checkpoint (`--router`) under the method name the JSON contract uses for the router."""
+    result["methods"] = {(new if k == old else k): v for k, v in result["methods"].items()}
+    for key in ("per_dimension",):
+        if isinstance(result.get(key), dict):
+            result[key] = {(new if k == old else k): v for k, v in result[key].items()}
+    boot = result.get("bootstrap")
+    if isinstance(boot, dict):
+        for k, v in list(boot.items()):
+            if v == old:
+                boot[k] = new
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from router_model.data import read_examples
+    from router_model.evaluate import (
+        bootstrap_markdown,
+        default_methods,
+        evaluate,
+        markdown_table,
+        plot_delta_p,
+        plot_noun_win_rate,
+        result_json,
+    )
+
+    if args.results_page:
+        from router_model.report import write_results_page
+
+        page = write_results_page(Path(args.results_page), Path(args.data_dir), folds=args.folds, seed=args.seed,
+                                  bootstrap=args.bootstrap)  # fmt: skip
+        print(f"wrote {page}")
+        return 0
+    if args.data and (args.train or args.test):
+        raise ValueError("use either --data (k-fold) or --train A --test B, not both")
+    if not args.data and not (args.train and args.test):
+        raise ValueError("name the data: --data D.jsonl (k-fold), --train A --test B, or --results-page DIR")
+    test = read_examples(args.data or args.test)
+    train = read_examples(args.train) if args.train else None
+    methods = args.methods or default_methods(args.ablations)
+    if args.router:
+        methods = [m for m in methods if m != "routet2i"]
+    result = evaluate(
+        test, methods=methods, folds=args.folds, seed=args.seed, train_examples=train, router_dir=args.router,
+        ablations=args.ablations, bootstrap=args.bootstrap,
+    )  # fmt: skip
+    if args.router:
+        _rename_method(result, "checkpoint", "routet2i")
+    print(markdown_table(result))
+    print(bootstrap_markdown(result))
+    if args.json:
+        Path(args.json).write_text(result_json(result))
+    if args.plot:
+        plot_delta_p(result, args.plot)
+    if args.noun_plot:
+        plot_noun_win_rate(test, args.noun_plot)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from router_model.calibrate import calibrate_checkpoint
+
+    result = calibrate_checkpoint(args.router, args.prompts, args.rho)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 # ---------------------------------------------------------------- serve
 
 
@@ -290,6 +356,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-token-selection", action="store_true", help="ablation: pool all tokens")
     p.add_argument("--no-dual-gate", action="store_true", help="ablation: one projection, no contrast")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="ΔP curves of the router against every baseline (k-fold or train/test)")
+    p.add_argument("--data", help="routing dataset for k-fold cross-validation")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--train", help="train on this dataset ...")
+    p.add_argument("--test", help="... and evaluate on this one")
+    p.add_argument("--router", help="evaluate this checkpoint as `routet2i` instead of training one")
+    p.add_argument("--ablations", action="store_true", help="add the three ablated router variants")
+    p.add_argument("--methods", nargs="+", help="subset of methods (default: all)")
+    p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--plot", help="write the ΔP-vs-ρ plot (PNG) here")
+    p.add_argument("--noun-plot", help="write the cloud win rate by noun count (PNG) here")
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results-page", metavar="DIR", help="regenerate DIR/RESULTS.md on the three public pairs")
+    p.add_argument("--data-dir", default="../shared/data", help="where the public data lives (--results-page)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="offline α for a budget ρ on calibration prompts")
+    p.add_argument("--router", default=str(DEFAULT_ROUTER))
+    p.add_argument("--prompts", required=True, help="prompt file (text, COCO/Parti TSV, DiffusionDB JSON)")
+    p.add_argument("--rho", type=float, required=True)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("score", help="score prompts with a router checkpoint (PRS and per-metric predictions)")
     p.add_argument("prompt", nargs="*")
