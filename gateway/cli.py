@@ -114,6 +114,7 @@ def cmd_dataset_analyze(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from router_model.data import check_consistent, quality_arrays, read_examples
+    from router_model.card import write_model_card
     from router_model.model import RouterConfig
     from router_model.prs import fit_prs_stats
     from router_model.train import train_router
@@ -142,6 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         finetune_encoder=args.finetune,
     )
     router.save_pretrained(args.out)
+    write_model_card(args.out, examples, args.data, "routet2i " + " ".join(args.command_line))
     print(f"saved router ({len(examples)} prompts, {examples[0].edge_model} → {examples[0].cloud_model}) to {args.out}")
     return 0
 
@@ -411,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except (DatasetError, ValueError, FileNotFoundError) as exc:
