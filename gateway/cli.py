@@ -113,8 +113,8 @@ def cmd_dataset_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from router_model.data import check_consistent, quality_arrays, read_examples
     from router_model.card import write_model_card
+    from router_model.data import check_consistent, quality_arrays, read_examples
     from router_model.model import RouterConfig
     from router_model.prs import fit_prs_stats
     from router_model.train import train_router

@@ -30,10 +30,11 @@ def write_model_card(
         "| | |",
         "|---|---|",
         f"| edge model → cloud model | `{first.edge_model}` → `{first.cloud_model}` |",
-        f"| training data | {', '.join(f'`{d}`' for d in data)} ({len(examples)} prompts; source {', '.join(sources)}) |",
+        f"| training data | {', '.join(f'`{d}`' for d in data)} "
+        f"({len(examples)} prompts; source {', '.join(sources)}) |",
         f"| quality metrics (one expert each) | {', '.join(first.metrics)} |",
         f"| PRS statistics | μ_edge {stats.get('mu_edge')}, μ_cloud {stats.get('mu_cloud')}, Γ {stats.get('gamma')} |",
-        f"| text encoder (frozen unless noted) | `{config.get('encoder')}` (fine-tuned: {config.get('encoder_finetuned')}) |",
+        f"| text encoder | `{config.get('encoder')}` (fine-tuned: {config.get('encoder_finetuned')}) |",
         f"| architecture switches | multi_metric {config.get('multi_metric')}, token_selection "
         f"{config.get('token_selection')}, dual_gate {config.get('dual_gate')}, top_k {config.get('top_k')} |",
         f"| checkpoint size | {size_kb:.0f} KB (head only; the encoder is referenced by name) |",
