@@ -38,15 +38,6 @@ class Probe:
         return self.pipeline(**kwargs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core runner OpenMP spinning makes calls 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory) -> EdgeBackend:
     """Loaded once through the real path-based loader; other tests serve its pipeline."""

@@ -9,7 +9,6 @@ import time
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from backends.base import BackendError, BackendOverloaded, BackendUnavailable, GenerationRequest
 from backends.cloud import WorkerCloudBackend
@@ -31,15 +30,6 @@ class Gate:
     def __call__(self, **kwargs):
         assert self.open.wait(30), "the test never opened the gate"
         return self.pipeline(**kwargs)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core runner OpenMP spinning makes calls 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
