@@ -1,0 +1,227 @@
+// The console page: playground, live budget and admin, wired to the gateway's own endpoints.
+// The admin token lives only in the password field (page memory): never in storage, cookies or URLs.
+
+import { api } from "./api.js";
+import { drawGauge, drawMetricBars, drawTimeLine, fmt } from "./charts.js";
+
+const POLL_MS = 3000;
+const HISTORY_S = 600; // the chart keeps ten minutes of what this page has seen ...
+const MIN_WINDOW_S = 60; // ... and spans at least one, so a freshly opened page still shows a line
+const $ = (id) => document.getElementById(id);
+
+const REASONS = {
+  model: (r) =>
+    r.backend === "cloud"
+      ? `The router predicted PRS ${fmt(r.prs)} < α ${fmt(r.alpha)}: the cloud model is expected to do better.`
+      : `The router predicted PRS ${fmt(r.prs)} ≥ α ${fmt(r.alpha)}: the edge model is good enough for this prompt.`,
+  budget: (r) =>
+    `The router preferred the cloud (PRS ${fmt(r.prs)} < α ${fmt(r.alpha)}) but the cloud budget ` +
+    `(ρ ${fmt(r.rho, 2)} or the cost cap) was spent, so the edge served it.`,
+  forced: (r) => `The request forced the ${r.backend} route; the router was not asked.`,
+  private: () => "Private request: the prompt never leaves the edge.",
+  fallback: () => "The cloud was chosen but failed or is not configured; the edge served it as a fallback.",
+};
+
+export function explain(route) {
+  const describe = REASONS[route.reason];
+  return describe ? describe(route) : `reason: ${route.reason}`;
+}
+
+function show(node, text) {
+  node.textContent = text;
+  node.hidden = !text;
+}
+
+function seconds(ms) {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+function optionalNumber(input) {
+  const raw = input.value.trim();
+  return raw === "" ? undefined : Number(raw);
+}
+
+// ------------------------------------------------------------------ playground
+
+function generateBody() {
+  const body = {
+    prompt: $("prompt").value,
+    size: $("size").value,
+    route: $("route").value,
+    private: $("private").checked,
+  };
+  const steps = optionalNumber($("steps"));
+  const seed = optionalNumber($("seed"));
+  if (steps !== undefined) body.num_inference_steps = steps;
+  if (seed !== undefined) body.seed = seed;
+  return body;
+}
+
+function renderImages(data) {
+  const images = data.map((item, i) => {
+    const img = document.createElement("img");
+    img.src = `data:image/png;base64,${item.b64_json}`;
+    img.alt = `generated image ${i + 1}`;
+    return img;
+  });
+  $("images").replaceChildren(...images);
+}
+
+function renderRoute(result, latencyMs) {
+  const r = result.route;
+  const badge = $("backend");
+  badge.textContent = r.backend;
+  badge.dataset.backend = r.backend;
+  $("latency").textContent = seconds(latencyMs);
+  $("reason").textContent = explain(r);
+  $("reason").dataset.reason = r.reason;
+  $("seed-used").textContent = String(result.seed);
+  $("route-rho").textContent = fmt(r.rho, 2);
+  drawGauge($("prs-gauge"), r.prs, r.alpha);
+}
+
+async function onGenerate(event) {
+  event.preventDefault();
+  const button = $("generate");
+  const body = generateBody();
+  button.disabled = true;
+  button.textContent = "Generating…";
+  show($("generate-error"), "");
+  $("result").hidden = true; // never show the last prompt's result as if it were this one's
+  const scoring = api.route(body.prompt, body.private).then(
+    (score) => ({ score }),
+    (error) => ({ error }),
+  );
+  const started = performance.now();
+  try {
+    const result = await api.generate(body);
+    const latency = performance.now() - started;
+    renderImages(result.data);
+    renderRoute(result, latency);
+    $("result").hidden = false;
+    const { score, error } = await scoring;
+    if (score) {
+      drawMetricBars($("per-metric"), score.per_metric);
+      // Forced and private routes skip the router; show its score for the prompt anyway.
+      if (result.route.prs === null) drawGauge($("prs-gauge"), score.prs, score.alpha);
+    } else {
+      const message = Object.assign(document.createElement("p"), { className: "error", textContent: error.message });
+      $("per-metric").replaceChildren(message);
+    }
+  } catch (error) {
+    await scoring;
+    show($("generate-error"), error.message);
+  } finally {
+    button.disabled = false;
+    button.textContent = "Generate";
+    refreshStatus();
+  }
+}
+
+// ------------------------------------------------------------------ live budget
+
+const samples = []; // {t, y: cloud fraction, ref: ρ} as polled by this page
+
+function renderBudget(status) {
+  const b = status.budget;
+  $("stat-rho").textContent = fmt(b.rho, 2);
+  $("stat-alpha").textContent = fmt(b.alpha);
+  $("stat-fraction").title = `cloud calls among the last ${b.decision_window} routed requests`;
+  $("stat-fraction").textContent = b.cloud_fraction === null ? "–" : `${(b.cloud_fraction * 100).toFixed(1)}%`;
+  $("stat-calls").textContent = String(b.cloud_calls_last_minute ?? "–");
+  $("stat-cap").textContent =
+    b.cost_cap ? `${b.cloud_calls_last_minute} / ${b.cost_cap} (${(b.cost_cap_use * 100).toFixed(0)}%)` : "no cap";
+  $("stat-queue").textContent = status.edge_queue_depth === null ? "–" : String(status.edge_queue_depth);
+  $("rho").placeholder = `now ${fmt(b.rho, 2)}`;
+  $("cost-cap").placeholder = b.cost_cap ? `now ${b.cost_cap} (0 removes)` : "none (0 removes)";
+  const pill = $("ready");
+  pill.dataset.state = status.ready ? "ready" : "starting";
+  pill.textContent = status.ready ? "ready" : "starting…";
+  $("admin-off").hidden = status.admin_enabled;
+  $("admin-form").hidden = !status.admin_enabled;
+}
+
+async function refreshStatus() {
+  try {
+    const status = await api.status();
+    const t = status.time;
+    samples.push({ t, y: status.budget.cloud_fraction, ref: status.budget.rho });
+    while (samples.length && samples[0].t < t - HISTORY_S) samples.shift();
+    renderBudget(status);
+    const windowS = Math.min(HISTORY_S, Math.max(MIN_WINDOW_S, t - samples[0].t));
+    $("history-span").textContent = windowS < 120 ? `${Math.round(windowS)} s` : `${Math.round(windowS / 60)} min`;
+    drawTimeLine($("fraction-chart"), samples, t, windowS);
+    $("updated").textContent = new Date(t * 1000).toLocaleTimeString();
+    show($("budget-error"), "");
+  } catch (error) {
+    const pill = $("ready");
+    pill.dataset.state = "down";
+    pill.textContent = "unreachable";
+    show($("budget-error"), error.message);
+  }
+}
+
+// ------------------------------------------------------------------ admin
+
+function budgetSummary(b) {
+  const cap = b.cost_cap ? `${b.cost_cap} cloud calls/min` : "none";
+  return `ρ = ${fmt(b.rho, 2)}, cost cap = ${cap}, α = ${fmt(b.alpha)}`;
+}
+
+function adminToken() {
+  const token = $("token").value.trim();
+  if (!token) throw new Error("type the admin token first");
+  return token;
+}
+
+async function adminCall(action) {
+  show($("admin-error"), "");
+  show($("admin-result"), "");
+  try {
+    show($("admin-result"), await action(adminToken()));
+  } catch (error) {
+    show($("admin-error"), error.message);
+  }
+  refreshStatus();
+}
+
+async function onApply(event) {
+  event.preventDefault();
+  await adminCall(async (token) => {
+    const update = {};
+    const rho = optionalNumber($("rho"));
+    const cap = optionalNumber($("cost-cap"));
+    if (rho !== undefined) update.rho = rho;
+    if (cap !== undefined) update.cost_cap_per_minute = cap;
+    if (!Object.keys(update).length) throw new Error("enter a new ρ or cost cap");
+    await api.putBudget(token, update);
+    const served = await api.getBudget(token);
+    return `Saved. The gateway now serves ${budgetSummary(served)}.`;
+  });
+}
+
+async function onRead() {
+  await adminCall(async (token) => `The gateway serves ${budgetSummary(await api.getBudget(token))}.`);
+}
+
+function onForget() {
+  $("token").value = "";
+  show($("admin-result"), "");
+  show($("admin-error"), "");
+}
+
+// ------------------------------------------------------------------ start
+
+function start() {
+  $("generate-form").addEventListener("submit", onGenerate);
+  $("admin-form").addEventListener("submit", onApply);
+  $("read-budget").addEventListener("click", onRead);
+  $("forget-token").addEventListener("click", onForget);
+  drawTimeLine($("fraction-chart"), [], Date.now() / 1000, MIN_WINDOW_S);
+  refreshStatus();
+  setInterval(() => {
+    if (!document.hidden) refreshStatus();
+  }, POLL_MS);
+}
+
+start();
