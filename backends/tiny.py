@@ -59,9 +59,23 @@ def _clip_text_config(tokenizer, **overrides):
     return CLIPTextConfig(**kwargs)
 
 
+def _tiny_vae(**overrides):
+    """A 4-level VAE (8× downsampling, like the real ones), so a 512×512 request runs on 64×64 latents."""
+    from diffusers import AutoencoderKL
+
+    levels = 4
+    kwargs = dict(
+        block_out_channels=(4, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        norm_num_groups=2,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return AutoencoderKL(**kwargs)
+
+
 def build_tiny_sd_pipeline(directory: str | Path, seed: int = 0) -> Path:
     """An SD 2.1-class `StableDiffusionPipeline` (UNet + VAE + CLIP text encoder), saved to `directory`."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     directory = Path(directory)
@@ -79,17 +93,14 @@ def build_tiny_sd_pipeline(directory: str | Path, seed: int = 0) -> Path:
         norm_num_groups=2,
         attention_head_dim=2,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=2,
-    )
+    vae = _tiny_vae()
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
         unet=unet,
@@ -108,7 +119,6 @@ def build_tiny_sd_pipeline(directory: str | Path, seed: int = 0) -> Path:
 def build_tiny_sd3_pipeline(directory: str | Path, seed: int = 0) -> Path:
     """An SD3-class `StableDiffusion3Pipeline` (MMDiT + two CLIP encoders, no T5), saved to `directory`."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -130,19 +140,7 @@ def build_tiny_sd3_pipeline(directory: str | Path, seed: int = 0) -> Path:
         pooled_projection_dim=2 * TINY_TEXT_DIM,
         out_channels=4,
     )
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = _tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         vae=vae,
