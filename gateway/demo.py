@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,7 +26,7 @@ from backends.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
 from backends.worker import TOKEN_ENV
 from gateway.settings import Settings
 
-DEMO_DIR = Path(tempfile.gettempdir()) / "routet2i-demo"
+DEMO_DIR = Path(tempfile.gettempdir()) / "routet2i-demo-v2"  # bump when backends/tiny.py changes
 DEMO_STEPS = 4
 
 
@@ -44,12 +46,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_worker(model: Path, token: str, port: int, timeout_s: float = 120.0) -> subprocess.Popen:
-    """A real `routet2i worker` process on loopback, returned once it is ready."""
+def _tie_to_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` after which Linux sends the child SIGTERM when this process dies, however it dies.
+
+    uvicorn re-raises SIGTERM after its graceful shutdown, so `routet2i serve --demo` stopped by
+    `docker stop`, systemd or `kill` ends without running its `finally`; the worker must not outlive it.
+    libc is resolved here, in the parent, so the child only makes the one system call before exec.
+    Linux ties the child to the thread that starts it: call `start_worker` from a long-lived thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+    def tie() -> None:
+        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # this process died before the prctl
+            os._exit(1)
+
+    return tie
+
+
+def launch_worker(model: Path, token: str, port: int) -> subprocess.Popen:
+    """Start a real `routet2i worker` process on loopback (not yet ready); it stops with this process."""
     env = {**os.environ, TOKEN_ENV: token}
     command = [sys.executable, "-m", "gateway.cli", "worker", "--model", str(model), "--port", str(port),
                "--steps", str(DEMO_STEPS), "--device", "cpu"]  # fmt: skip
-    process = subprocess.Popen(command, env=env)
+    return subprocess.Popen(command, env=env, preexec_fn=_tie_to_parent())
+
+
+def wait_ready(process: subprocess.Popen, port: int, timeout_s: float = 120.0) -> subprocess.Popen:
+    """Return the worker once its /readyz answers 200; raise if it exits or takes too long."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -62,6 +90,11 @@ def start_worker(model: Path, token: str, port: int, timeout_s: float = 120.0) -
         time.sleep(0.2)
     process.terminate()
     raise RuntimeError("the demo worker did not become ready in time")
+
+
+def start_worker(model: Path, token: str, port: int, timeout_s: float = 120.0) -> subprocess.Popen:
+    """`launch_worker`, then `wait_ready`."""
+    return wait_ready(launch_worker(model, token, port), port, timeout_s)
 
 
 def demo_settings(base: Settings, worker_url: str, worker_token: str, edge: Path) -> Settings:
