@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hmac
@@ -16,9 +17,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
-from backends.base import ImageBackend, png_bytes
-from gateway.budget import BudgetController, InMemoryBudgetStore
-from gateway.metrics import GatewayMetrics
+from backends.base import ImageBackend, result_pngs
+from gateway.budget import BudgetController, BudgetStore, InMemoryBudgetStore
+from gateway.metrics import GatewayMetrics, ensure_multiprocess_dir, multiprocess_dir
+from gateway.redis_store import FailoverBudgetStore, RedisBudgetStore
 from gateway.routing import PromptScorer, ScoringService
 from gateway.schemas import (
     BudgetUpdate,
@@ -41,6 +43,7 @@ audit = logging.getLogger("routet2i.audit")
 
 ERRORS = {
     400: {"model": ErrorResponse, "description": "Refused by the cloud provider's content filter"},
+    411: {"model": ErrorResponse, "description": "Chunked body without Content-Length"},
     413: {"model": ErrorResponse, "description": "Body larger than max_body_bytes"},
     429: {"model": ErrorResponse, "description": "Too many requests in flight; see Retry-After"},
     503: {"model": ErrorResponse, "description": "Backend busy or failed; see Retry-After"},
@@ -80,15 +83,33 @@ def build_backends(settings: Settings) -> tuple[ImageBackend, ImageBackend | Non
         if not settings.stability_api_key:
             raise ValueError("cloud_kind=stability needs ROUTET2I_STABILITY_API_KEY")
         cloud = StabilityCloudBackend(
-            settings.stability_api_key.get_secret_value(), model=settings.stability_model, **options
-        )
+            settings.stability_api_key.get_secret_value(), model=settings.stability_model,
+            base_url=settings.stability_base_url, **options,
+        )  # fmt: skip
     return edge, cloud
 
 
 def build_budget(settings: Settings) -> BudgetController:
-    """The live budget controller on the store the settings name (in-memory, persisted to a state file)."""
-    store = InMemoryBudgetStore(settings.rho, cost_cap=settings.cost_cap_per_minute, state_path=settings.state_file)
+    """The live budget controller on the store the settings name: in-memory (persisted to the state file),
+    or Redis shared by every replica with that in-memory store as the fallback while Redis is away."""
+    local = InMemoryBudgetStore(settings.rho, cost_cap=settings.cost_cap_per_minute, state_path=settings.state_file)
+    store: BudgetStore = local
+    if settings.redis_url is not None:
+        shared = RedisBudgetStore.from_url(
+            settings.redis_url.get_secret_value(), prefix=settings.redis_prefix, timeout_s=settings.redis_timeout_s,
+            initial=local.settings(),
+        )  # fmt: skip
+        store = FailoverBudgetStore(shared, local, retry_interval_s=settings.redis_retry_s)
     return BudgetController(store, score_window=settings.score_window, decision_window=settings.decision_window)
+
+
+def app_from_env() -> FastAPI:
+    """`uvicorn gateway.app:app_from_env --factory --workers N`: each worker builds its app from the
+    environment (ROUTET2I_*, ROUTET2I_CONFIG); set PROMETHEUS_MULTIPROC_DIR so /metrics adds up across workers."""
+    ensure_multiprocess_dir()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(Settings())
 
 
 def load_router(settings: Settings) -> PromptScorer:
@@ -112,6 +133,11 @@ def create_app(
         edge, built_cloud = build_backends(settings)
         cloud = cloud if cloud is not None else built_cloud
 
+    def sample_gauges() -> None:
+        metrics.set_budget(budget.snapshot())
+        if hasattr(edge, "queue_depth"):
+            metrics.set_queue_depth(edge.queue_depth())
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scorer = router if router is not None else load_router(settings)
@@ -123,9 +149,14 @@ def create_app(
             scoring=scoring, budget=budget, metrics=metrics, edge=edge, cloud=cloud, log_prompts=settings.log_prompts
         )
         log.info("gateway ready: ρ=%.3f, cloud=%s", budget.rho, settings.cloud_kind if cloud else "none")
+        stop_refresh = None
+        if multiprocess_dir() is not None:  # keep this worker's gauges current between scrapes of any worker
+            stop_refresh = metrics.start_refresh(sample_gauges)
         try:
             yield
         finally:
+            if stop_refresh is not None:
+                stop_refresh.set()
             await scoring.aclose()
             for backend in (edge, cloud):
                 if backend is not None:
@@ -138,18 +169,36 @@ def create_app(
     @app.middleware("http")
     async def guard(request: Request, call_next):
         """Cap body size and requests in flight (429 + Retry-After) before any work is done."""
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
+        started = time.perf_counter()
         generating = request.url.path in ("/generate", "/v1/images/generations")
+
+        def counted(response: Response) -> Response:
+            """Count a generation request refused before `Gateway.generate` (which counts the ones it serves)."""
+            if generating and not getattr(request.state, "counted", False):
+                metrics.observe_request(
+                    backend=None, reason=None, status=response.status_code, duration_s=time.perf_counter() - started
+                )
+            return response
+
+        length = request.headers.get("content-length")
+        if length is None and "chunked" in request.headers.get("transfer-encoding", "").lower():
+            # a chunked body would be read whole before any size check: ask for a declared length instead
+            return counted(JSONResponse(
+                {"detail": f"send the body with a Content-Length header (at most {settings.max_body_bytes} bytes)"},
+                status_code=411,
+            ))  # fmt: skip
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            return counted(
+                JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
+            )
         if generating and app.state.in_flight >= settings.max_in_flight:
-            return JSONResponse(
+            return counted(JSONResponse(
                 {"detail": f"more than {settings.max_in_flight} requests in flight; retry shortly"},
                 status_code=429, headers={"Retry-After": "1"},
-            )  # fmt: skip
+            ))  # fmt: skip
         app.state.in_flight += generating
         try:
-            return await call_next(request)
+            return counted(await call_next(request))
         finally:
             app.state.in_flight -= generating
 
@@ -162,26 +211,33 @@ def create_app(
         response.headers["X-Route-Backend"] = served.route.backend
         response.headers["X-Route-Reason"] = served.route.reason
 
-    def images(served: Served) -> list[ImageData]:
-        return [ImageData(b64_json=base64.b64encode(png_bytes(im)).decode()) for im in served.result.images]
+    async def images(served: Served) -> list[ImageData]:
+        """Base64 PNGs: a cloud worker's bytes as received; edge images encoded off the event loop."""
+        result = served.result
+        pngs = result.png if result.png is not None else await asyncio.to_thread(result_pngs, result)
+        return [ImageData(b64_json=base64.b64encode(png).decode()) for png in pngs]
 
     @app.post("/generate", response_model=GenerateResponse, responses=ERRORS, tags=["images"])
-    async def generate(body: GenerateRequest, response: Response, gw: GatewayDep) -> GenerateResponse:
+    async def generate(body: GenerateRequest, request: Request, response: Response, gw: GatewayDep) -> GenerateResponse:
         """Generate images; the router decides edge or cloud unless `route` or `private` says otherwise."""
+        request.state.counted = True  # Gateway.generate counts it in the metrics, whatever the outcome
         served = await gw.generate(body)
         route_headers(response, served)
         r = served.route
         return GenerateResponse(
-            created=int(time.time()), data=images(served), seed=served.result.seed,
+            created=int(time.time()), data=await images(served), seed=served.result.seed,
             route=RouteInfo(backend=r.backend, reason=r.reason, prs=r.prs, alpha=r.alpha, rho=r.rho),
         )  # fmt: skip
 
     @app.post("/v1/images/generations", response_model=OpenAIImageResponse, responses=ERRORS, tags=["images"])
-    async def openai_generations(body: OpenAIImageRequest, response: Response, gw: GatewayDep) -> OpenAIImageResponse:
+    async def openai_generations(
+        body: OpenAIImageRequest, request: Request, response: Response, gw: GatewayDep
+    ) -> OpenAIImageResponse:
         """OpenAI Images API shape, served through the same routing as /generate."""
+        request.state.counted = True
         served = await gw.generate(GenerateRequest(prompt=body.prompt, n=body.n, size=body.size))
         route_headers(response, served)
-        return OpenAIImageResponse(created=int(time.time()), data=images(served))
+        return OpenAIImageResponse(created=int(time.time()), data=await images(served))
 
     @app.post("/route", response_model=ScoreResponse, tags=["routing"])
     async def route(body: ScoreRequest, gw: GatewayDep) -> ScoreResponse:
@@ -226,9 +282,7 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
-        metrics.set_budget(budget.snapshot())
-        if hasattr(edge, "queue_depth"):
-            metrics.set_queue_depth(edge.queue_depth())
+        sample_gauges()
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

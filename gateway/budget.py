@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import math
 import os
 import tempfile
@@ -48,6 +49,7 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 REASONS: tuple[str, ...] = get_args(Reason)
 COST_CAP_PERIOD_S = 60.0
 _MICRO = 1_000_000  # ρ allowances are summed as integer millionths, so window sums never drift
+log = logging.getLogger("routet2i.budget")
 
 
 class BudgetStateError(ValueError):
@@ -110,6 +112,16 @@ class WindowState:
 
 
 @dataclass(frozen=True)
+class StoreStatus:
+    """Which store holds the budget and whether it is the one the settings name (for metrics and logs)."""
+
+    kind: str  # "memory" | "redis"
+    shared: bool  # the budget is shared with other replicas right now
+    up: bool  # the configured store answers (False: a Redis replica serving on its local fallback)
+    failovers: int = 0  # times this replica fell back to its local store
+
+
+@dataclass(frozen=True)
 class Committed:
     ticket: int
     backend: str
@@ -169,6 +181,8 @@ class BudgetStore(Protocol):
         the edge: ("edge", "fallback")), credit included. False when the ticket has left every window."""
         ...
 
+    def status(self) -> StoreStatus: ...
+
 
 @dataclass
 class _Entry:
@@ -183,7 +197,9 @@ class InMemoryBudgetStore:
 
     With `state_path`, ρ and the cost cap are written there atomically on every change and read back
     at start: a file that exists wins over the `rho`/`cost_cap` arguments, so an admin change survives
-    restarts. The windows themselves are not persisted (they refill within minutes).
+    restarts. The file is also re-read whenever it changes, so the workers of one host (`uvicorn
+    --workers N`, each with its own store) all follow an admin change made through any of them. The
+    windows themselves are not persisted (they refill within minutes).
     """
 
     def __init__(self, rho: float = 0.3, *, cost_cap: int | None = None, state_path: str | Path | None = None):
@@ -191,8 +207,10 @@ class InMemoryBudgetStore:
         self._path = Path(state_path) if state_path is not None else None
         self._rho = validate_rho(rho)
         self._cost_cap = validate_cost_cap(cost_cap)
+        self._stamp: tuple[int, int] | None = None  # (mtime ns, size) of the state file last read or written
         if self._path is not None and self._path.exists():
             self._rho, self._cost_cap = self._read_state(self._path)
+            self._stamp = self._file_stamp()
         self._scores: deque[float] = deque()
         self._sorted: list[float] = []
         self._decisions: deque[_Entry] = deque()
@@ -220,6 +238,26 @@ class InMemoryBudgetStore:
         except ValueError as exc:
             raise BudgetStateError(f"{path}: {exc}; fix the file or delete it") from exc
 
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self._path.stat() if self._path is not None else None
+        except OSError:
+            return None
+        return None if st is None else (st.st_mtime_ns, st.st_size)
+
+    def _follow_file(self) -> None:
+        """Adopt a state file another process wrote (an admin change through another worker)."""
+        if self._path is None:
+            return
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._rho, self._cost_cap = self._read_state(self._path)
+        except BudgetStateError as exc:  # keep serving on the values in force; the next good write wins
+            log.warning("budget state file changed but cannot be read, keeping rho=%.3f: %s", self._rho, exc)
+
     def _write_state(self) -> None:
         if self._path is None:
             return
@@ -236,10 +274,15 @@ class InMemoryBudgetStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self._stamp = self._file_stamp()
 
     def settings(self) -> BudgetSettings:
         with self._lock:
+            self._follow_file()
             return BudgetSettings(self._rho, self._cost_cap)
+
+    def status(self) -> StoreStatus:
+        return StoreStatus(kind="memory", shared=False, up=True)
 
     def set_rho(self, rho: float) -> None:
         rho = validate_rho(rho)
@@ -285,6 +328,7 @@ class InMemoryBudgetStore:
         self._credit = min(limit, max(-limit, self._credit + amount))
 
     def _state(self, now: float) -> WindowState:
+        self._follow_file()
         self._expire_cloud_times(now)
         return WindowState(
             rho=self._rho,
@@ -489,6 +533,7 @@ class BudgetController:
     def snapshot(self) -> dict[str, Any]:
         """ρ, α, windowed cloud fraction, window fill and cost-cap use (for /admin/budget and metrics)."""
         state = self.store.state(self.clock())
+        status = self.store.status()
         return {
             "rho": state.rho,
             "alpha": self._alpha(state),
@@ -504,6 +549,10 @@ class BudgetController:
             "cost_cap": state.cost_cap,
             "cloud_calls_last_minute": state.cloud_last_minute,
             "cost_cap_use": state.cloud_last_minute / state.cost_cap if state.cost_cap else None,
+            "store": status.kind,
+            "store_shared": status.shared,
+            "store_up": status.up,
+            "store_failovers": status.failovers,
         }
 
 

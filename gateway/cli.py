@@ -249,6 +249,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.config:
         os.environ["ROUTET2I_CONFIG"] = args.config
+    if args.workers > 1:
+        if args.demo:
+            raise ValueError("--demo runs one process; drop --workers (or run without --demo)")
+        import tempfile
+
+        from gateway.metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir(
+            os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="routet2i-prom-")
+        )
+        uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, host=args.host, port=args.port)
+        return 0
     settings = Settings()
     worker = None
     if args.demo:
@@ -395,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--config", help="YAML or TOML settings file (env vars ROUTET2I_* override it)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (set ROUTET2I_REDIS_URL to share ρ)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="serve the cloud model (SD3.5) over HTTP for the gateway")

@@ -2,16 +2,40 @@
 
 One `GatewayMetrics` per app: tests and several apps in one process each pass (or get) their own
 `CollectorRegistry`, so collector names never clash. Labels are bounded: backend (edge, cloud, none),
-reason (model, budget, forced, private, fallback, none), HTTP status code, backend error kind.
+reason (model, budget, forced, private, fallback, none), HTTP status code, backend error kind, budget
+store (memory, redis).
+
+Several worker processes (`uvicorn --workers N`): with PROMETHEUS_MULTIPROC_DIR set before the workers
+start, every collector writes to files there and `/metrics` from any worker reports all of them:
+counters and histograms are summed; the budget gauges (the same shared budget seen by every worker)
+report the most recent value; the edge queue depth is summed and the store health is the minimum
+over the live workers. The directory must be emptied before the workers start
+(`prepare_multiprocess_dir`), and each worker should refresh its own gauges (`start_refresh`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Mapping
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+log = logging.getLogger("routet2i.metrics")
 
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 ROUTER_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -50,33 +74,38 @@ class GatewayMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
-        self.alpha = Gauge("routet2i_budget_alpha", "Current routing threshold α (cloud iff PRS < α).", registry=r)
-        self.rho = Gauge("routet2i_budget_rho", "Cloud budget ρ in force.", registry=r)
+        budget = {"registry": r, "multiprocess_mode": "mostrecent"}  # one shared budget: the latest reading
+        self.alpha = Gauge("routet2i_budget_alpha", "Current routing threshold α (cloud iff PRS < α).", **budget)
+        self.rho = Gauge("routet2i_budget_rho", "Cloud budget ρ in force.", **budget)
         self.cloud_fraction = Gauge(
-            "routet2i_budget_cloud_fraction", "Realised cloud share over the decision window.", registry=r
+            "routet2i_budget_cloud_fraction", "Realised cloud share over the decision window.", **budget
         )
         self.window_requests = Gauge(
-            "routet2i_budget_window_requests", "Requests in the budget decision window.", registry=r
+            "routet2i_budget_window_requests", "Requests in the budget decision window.", **budget
         )
         self.cloud_calls_last_minute = Gauge(
-            "routet2i_budget_cloud_calls_last_minute",
-            "Cloud calls in the last 60 s (what the cost cap limits).",
-            registry=r,
-        )
+            "routet2i_budget_cloud_calls_last_minute", "Cloud calls in the last 60 s (what the cost cap limits).",
+            **budget,
+        )  # fmt: skip
         self.cost_cap = Gauge(
-            "routet2i_budget_cost_cap_per_minute", "Cost cap on cloud calls per minute (0: no cap).", registry=r
+            "routet2i_budget_cost_cap_per_minute", "Cost cap on cloud calls per minute (0: no cap).", **budget
         )
         self.cost_cap_use = Gauge(
-            "routet2i_budget_cost_cap_use_ratio",
-            "Cloud calls in the last minute over the cost cap (0: no cap).",
-            registry=r,
-        )
+            "routet2i_budget_cost_cap_use_ratio", "Cloud calls in the last minute over the cost cap (0: no cap).",
+            **budget,
+        )  # fmt: skip
+        self.store_up = Gauge(
+            "routet2i_budget_store_up",
+            "1 while the budget store the settings name answers; 0 while a replica serves on its local fallback.",
+            ["store"], registry=r, multiprocess_mode="livemin",
+        )  # fmt: skip
         self.backend_errors = Counter(
             "routet2i_backend_errors", "Backend failures by backend and kind.", ["backend", "kind"], registry=r
         )
         self.edge_queue_depth = Gauge(
-            "routet2i_edge_queue_depth", "Requests waiting for or running on the edge pipeline.", registry=r
-        )
+            "routet2i_edge_queue_depth", "Requests waiting for or running on the edge pipeline.", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
 
     def observe_request(self, *, backend: str | None, reason: str | None, status: int, duration_s: float) -> None:
         """One finished HTTP request; backend/reason None when nothing was generated (e.g. 422, 503)."""
@@ -102,6 +131,8 @@ class GatewayMetrics:
         self.cloud_calls_last_minute.set(snapshot.get("cloud_calls_last_minute", 0))
         self.cost_cap.set(snapshot.get("cost_cap") or 0)
         self.cost_cap_use.set(snapshot.get("cost_cap_use") or 0.0)
+        if "store" in snapshot:
+            self.store_up.labels(store=snapshot["store"]).set(1.0 if snapshot.get("store_up", True) else 0.0)
 
     def backend_error(self, kind: str, backend: str = "unknown") -> None:
         self.backend_errors.labels(backend=backend, kind=kind).inc()
@@ -110,5 +141,72 @@ class GatewayMetrics:
         self.edge_queue_depth.set(depth)
 
     def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type, for `GET /metrics`."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The exposition text and its content type, for `GET /metrics` (all workers' in multiprocess mode)."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        prune_dead_workers(directory)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(directory))
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def start_refresh(self, sample: Callable[[], None], interval_s: float = 1.0) -> threading.Event:
+        """Call `sample` (e.g. set the budget gauges and this worker's queue depth) every `interval_s` in a
+        daemon thread, so per-worker gauges stay current between scrapes; set the returned event to stop."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval_s):
+                try:
+                    sample()
+                except Exception as exc:  # a failed refresh must not end the thread; the next one may work
+                    log.warning("metrics refresh failed: %s: %s", type(exc).__name__, exc)
+
+        threading.Thread(target=loop, name="routet2i-metrics-refresh", daemon=True).start()
+        return stop
+
+
+def multiprocess_dir() -> Path | None:
+    """The Prometheus multiprocess directory from the environment, or None in one-process mode."""
+    value = os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower())
+    return Path(value) if value else None
+
+
+def ensure_multiprocess_dir() -> Path | None:
+    """Create the multiprocess directory if one is configured (a worker may start before anyone made it)."""
+    directory = multiprocess_dir()
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def prepare_multiprocess_dir(path: str | Path) -> Path:
+    """Before starting N workers: create `path`, delete the files of a previous run (their counts would be
+    added to this run's) and export it as PROMETHEUS_MULTIPROC_DIR for the workers to inherit."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+_LIVE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
+
+
+def prune_dead_workers(directory: Path) -> None:
+    """Drop the live-gauge files of workers that have exited (uvicorn restarts a dead worker under a new pid)."""
+    for file in directory.glob("gauge_live*.db"):
+        match = _LIVE_FILE.match(file.name)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), str(directory))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     state_file: str | None = Field("routet2i_state.json", description="Where ρ and the cost cap persist.")
     score_window: int = Field(2000, ge=10)
     decision_window: int = Field(1000, ge=10)
+    redis_url: SecretStr | None = Field(
+        None, description="redis://[:password@]host:port/db shared by all replicas; unset = one-process budget."
+    )
+    redis_prefix: str = Field("routet2i", pattern=r"^[A-Za-z0-9_.:-]+$", description="Key prefix of this budget.")
+    redis_timeout_s: float = Field(0.25, gt=0, description="Redis socket timeout before serving on the local store.")
+    redis_retry_s: float = Field(2.0, gt=0, description="How often a replica alone retries Redis.")
 
     # edge backend
     edge_model: str | None = Field(None, description="Diffusers pipeline path or hub id (SD 2.1 class).")
@@ -53,6 +59,7 @@ class Settings(BaseSettings):
     cloud_token: SecretStr | None = Field(None, description="Bearer token of the worker.")
     stability_api_key: SecretStr | None = None
     stability_model: Literal["sd3.5-large", "sd3.5-large-turbo", "sd3.5-medium"] = "sd3.5-large"
+    stability_base_url: str = Field("https://api.stability.ai", description="Stability API base URL (a proxy).")
     cloud_timeout_s: float = Field(120.0, gt=0)
     cloud_retries: int = Field(2, ge=0)
 

@@ -50,7 +50,7 @@ def stats(metrics=METRICS) -> PRSStats:
 
 def make_router(seed: int = 0, **overrides) -> RouteT2IRouter:
     torch.manual_seed(seed)
-    kwargs = dict(metrics=METRICS, input_dim=D, top_k=3, low_rank=4, hidden=8, prs_stats=stats().to_dict())
+    kwargs = dict(metrics=METRICS, input_dim=D, top_k=3, low_rank=4, hidden=8, members=1, prs_stats=stats().to_dict())
     kwargs.update(overrides)
     return RouteT2IRouter(RouterConfig(**kwargs)).eval()
 
@@ -240,3 +240,49 @@ def test_score_prompts_end_to_end_with_lazy_encoder(tiny_encoder_path, tmp_path)
     assert loaded.score([]).prs.shape == (0,)
     with pytest.raises(TypeError, match="sequence"):
         loaded.score("one prompt")
+
+
+def test_ensemble_averages_member_predictions_and_round_trips(tmp_path):
+    members = [make_router(seed=s) for s in range(3)]
+    ensemble = RouteT2IRouter.from_members(members).eval()
+    assert ensemble.config.members == 3 and ensemble.config == RouterConfig(
+        **{**members[0].config.to_dict(), "members": 3}
+    )
+    states, mask = batch()
+    d_hat, prs_hat = ensemble(states, mask)
+    expected = torch.stack([m(states, mask)[0] for m in members]).mean(0)
+    torch.testing.assert_close(d_hat, expected)
+    torch.testing.assert_close(prs_hat, expected @ members[0].metric_weights)
+    torch.testing.assert_close(torch.sigmoid(ensemble.logits(states, mask)), expected)
+    with pytest.raises(TypeError, match="one gate per member"):
+        ensemble.gate(states, mask)
+    assert RouteT2IRouter.from_members(members[:1]) is members[0]
+
+    out = ensemble.save_pretrained(tmp_path / "ensemble")
+    loaded = RouteT2IRouter.from_pretrained(out, device="cpu")
+    for got, want in zip(loaded(states, mask), (d_hat, prs_hat), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_ensemble_members_must_match():
+    with pytest.raises(ValueError, match="member 1's config differs"):
+        RouteT2IRouter.from_members([make_router(), make_router(hidden=4)])
+    with pytest.raises(ValueError, match="at least one"):
+        RouteT2IRouter.from_members([])
+    nested = RouteT2IRouter.from_members([make_router(), make_router(seed=1)])
+    with pytest.raises(ValueError, match="itself an ensemble"):
+        RouteT2IRouter.from_members([nested])
+    with pytest.raises(ValueError, match="members"):
+        RouterConfig(metrics=METRICS, members=0)
+
+
+def test_checkpoints_from_before_ensembles_load_as_one_head(tmp_path):
+    router = make_router(seed=2)
+    router.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["members"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = RouteT2IRouter.from_pretrained(tmp_path, device="cpu")
+    assert loaded.config.members == 1 and loaded.members is None
+    states, mask = batch()
+    torch.testing.assert_close(loaded(states, mask)[1], router(states, mask)[1], rtol=0, atol=0)

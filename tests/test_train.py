@@ -29,7 +29,7 @@ from tests.test_model import build_tiny_text_encoder
 COLORS = ["red", "blue", "green", "yellow", "white", "black"]
 OBJECTS = ["car", "house", "dog", "tree", "boat", "chair", "bird", "lamp"]
 PLACES = ["in a field", "on a street", "near the sea", "at night", "in the snow"]
-SMALL = dict(top_k=4, low_rank=4, hidden=16, dropout=0.0)
+SMALL = dict(top_k=4, low_rank=4, hidden=16, dropout=0.0, members=1)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,10 @@ def test_validation_split_groups_prompts():
     assert 0.15 < len(val) / len(examples) < 0.25
     assert (0 in val) == (len(examples) - 1 in val)
     assert validation_split(examples, 0.0) == (list(range(len(examples))), [])
+    held_out = [validation_split(examples, 0.2, seed=1, fold=j)[1] for j in range(5)]
+    assert held_out[0] == val and sorted(sum(held_out, [])) == list(range(len(examples)))  # disjoint folds
+    with pytest.raises(ValueError, match="fold must be in"):
+        validation_split(examples, 0.2, fold=5)
     with pytest.raises(ValueError, match="val_fraction"):
         validation_split(examples, 1.0)
 
@@ -149,16 +153,28 @@ def test_deterministic_given_the_seed_and_cached_states_match_encoding(encoder):
     assert b.config.encoder == encoder.name
 
 
-def test_early_stopping_restores_the_best_epoch(encoder):
+@pytest.mark.parametrize("select_by", ["loss", "spearman"])
+def test_early_stopping_restores_the_best_epoch(encoder, select_by):
     train = synthetic()[:100]
     router = train_router(
-        train, config=RouterConfig(**SMALL), encoder=encoder, epochs=500, lr=3e-2, patience=3, **quiet()
+        train,
+        config=RouterConfig(**SMALL),
+        encoder=encoder,
+        epochs=500,
+        lr=3e-2,
+        patience=3,
+        select_by=select_by,
+        **quiet(),
     )
     summary = router.training_summary
     assert summary["epochs_run"] < 500
     assert summary["epochs_run"] - summary["best_epoch"] == 3
-    best = max(summary["history"], key=lambda r: (r["val_spearman"], -r["val_loss"]))
+    if select_by == "loss":  # the default
+        best = min(summary["history"], key=lambda r: (r["val_loss"], -r["val_spearman"]))
+    else:
+        best = max(summary["history"], key=lambda r: (r["val_spearman"], -r["val_loss"]))
     assert best["epoch"] == summary["best_epoch"]
+    assert summary["hyperparameters"]["select_by"] == select_by
 
 
 @pytest.mark.parametrize("switch", [{"multi_metric": False}, {"token_selection": False}, {"dual_gate": False}])
@@ -201,3 +217,69 @@ def test_finetuning_updates_the_encoder_and_saves_it(encoder, tmp_path):
     router.save_pretrained(tmp_path)
     assert (tmp_path / "encoder" / "config.json").exists()
     np.testing.assert_allclose(RouteT2IRouter.from_pretrained(tmp_path, "cpu").score(prompts).prs, expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ensemble_members_use_disjoint_validation_folds_and_average(encoder, tmp_path):
+    examples = synthetic()
+    held_out = [ex for ex in examples if "boat" in ex.prompt]
+    train = [ex for ex in examples if "boat" not in ex.prompt]
+    states = encoder.encode([ex.prompt for ex in train])
+    config = RouterConfig(**{**SMALL, "members": 3})
+    lines: list[str] = []
+    router = train_router(
+        train, config=config, token_states=states, epochs=40, lr=3e-3, patience=10, **quiet(log=lines.append)
+    )
+    assert router.config.members == 3 and len(router.members) == 3
+    summary = router.training_summary
+    members = summary["member_summaries"]
+    assert [m["hyperparameters"]["val_fold"] for m in members] == [0, 1, 2]
+    assert [m["hyperparameters"]["seed"] for m in members] == [0, 1, 2]
+    assert sum(m["n_val"] for m in members) < len(train)  # 3 of round(1/0.15) = 7 folds
+    assert all(m["n_train"] + m["n_val"] == len(train) for m in members)
+    assert sum(line.startswith("ensemble member") for line in lines) == 3
+
+    # the member trained alone on fold 1 with seed 1 is exactly member 1
+    alone = train_router(
+        train,
+        config=RouterConfig(**SMALL),
+        token_states=states,
+        epochs=40,
+        lr=3e-3,
+        patience=10,
+        seed=1,
+        val_fold=1,
+        **quiet(),
+    )
+    for name, tensor in alone.state_dict().items():
+        torch.testing.assert_close(router.members[1].state_dict()[name], tensor, rtol=0, atol=1e-6)
+
+    router.attach_encoder(encoder)
+    scores = router.score([ex.prompt for ex in held_out])
+    red = np.array(["red" in ex.prompt for ex in held_out])
+    assert scores.prs[red].max() < scores.prs[~red].min()
+    member_prs = [m.score_states(encoder.encode([ex.prompt for ex in held_out])).prs for m in router.members]
+    np.testing.assert_allclose(scores.prs, np.mean(member_prs, axis=0), atol=1e-6)
+
+    out = router.save_pretrained(tmp_path / "ensemble")
+    assert sum(p.stat().st_size for p in out.iterdir()) < 10 * 2**20
+    loaded = RouteT2IRouter.from_pretrained(out, device="cpu")
+    loaded.attach_encoder(encoder)
+    np.testing.assert_allclose(loaded.score([ex.prompt for ex in held_out]).prs, scores.prs, atol=1e-6)
+    assert json.loads((out / "training_summary.json").read_text())["members"] == 3
+
+
+def test_ensemble_settings_are_checked(encoder):
+    train = synthetic()[:60]
+    with pytest.raises(ValueError, match="members=1 to fine-tune"):
+        train_router(
+            train, config=RouterConfig(**{**SMALL, "members": 2}), encoder=encoder, finetune_encoder=True, **quiet()
+        )
+    with pytest.raises(ValueError, match="val_fraction must be > 0"):
+        train_router(
+            train, config=RouterConfig(**{**SMALL, "members": 2}), encoder=encoder, val_fraction=0.0, **quiet()
+        )
+    with pytest.raises(ValueError, match="members=4 needs as many validation folds"):
+        train_router(
+            train, config=RouterConfig(**{**SMALL, "members": 4}), encoder=encoder, val_fraction=0.4, **quiet()
+        )
