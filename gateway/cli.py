@@ -122,6 +122,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     examples = [ex for path in args.data for ex in read_examples(path)]
     check_consistent(examples, ", ".join(args.data))
     stats = fit_prs_stats(*quality_arrays(examples), examples[0].metrics, gamma=args.gamma)
+    if args.finetune and args.members > 1:
+        raise ValueError("--finetune trains one head on a fine-tuned encoder: add --members 1")
     config = RouterConfig(
         metrics=examples[0].metrics,
         encoder=args.encoder,
@@ -129,6 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         multi_metric=not args.no_multi_metric,
         token_selection=not args.no_token_selection,
         dual_gate=not args.no_dual_gate,
+        members=args.members,
     )
     router = train_router(
         examples,
@@ -141,6 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         finetune_encoder=args.finetune,
+        select_by=args.select_by,
     )
     router.save_pretrained(args.out)
     write_model_card(args.out, examples, args.data, "routet2i " + " ".join(args.command_line))
@@ -196,7 +200,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from router_model.report import write_results_page
 
         page = write_results_page(Path(args.results_page), Path(args.data_dir), folds=args.folds, seed=args.seed,
-                                  bootstrap=args.bootstrap)  # fmt: skip
+                                  bootstrap=args.bootstrap, repeats=args.repeats)  # fmt: skip
         print(f"wrote {page}")
         return 0
     if args.data and (args.train or args.test):
@@ -210,7 +214,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         methods = [m for m in methods if m != "routet2i"]
     result = evaluate(
         test, methods=methods, folds=args.folds, seed=args.seed, train_examples=train, router_dir=args.router,
-        ablations=args.ablations, bootstrap=args.bootstrap,
+        ablations=args.ablations, bootstrap=args.bootstrap, repeats=args.repeats,
     )  # fmt: skip
     if args.router:
         _rename_method(result, "checkpoint", "routet2i")
@@ -362,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=20)
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--members", type=int, default=5, help="ensemble size (each member early-stops on its own fold)")
+    p.add_argument("--select-by", choices=["loss", "spearman"], default="loss", help="early-stopping criterion")
     p.add_argument("--gamma", type=float, default=1.0, help="PRS temperature Γ")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -383,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write the ΔP-vs-ρ plot (PNG) here")
     p.add_argument("--noun-plot", help="write the cloud win rate by noun count (PNG) here")
     p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
+    p.add_argument("--repeats", type=int, default=1, help="repeat the k-fold CV with this many split seeds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results-page", metavar="DIR", help="regenerate DIR/RESULTS.md on the three public pairs")
     p.add_argument("--data-dir", default="../shared/data", help="where the public data lives (--results-page)")

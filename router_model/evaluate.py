@@ -287,9 +287,14 @@ def evaluate(
     rho_step: float = 0.05,
     bootstrap: int = 1000,
     routet2i_kwargs: dict[str, Any] | None = None,
+    repeats: int = 1,
     log: Callable[..., Any] | None = print,
 ) -> dict[str, Any]:
     """Evaluate routing methods on `examples`.
+
+    `repeats` > 1 repeats the k-fold CV with split seeds seed, seed+1, …: means and spreads are then over
+    all repeats × folds (one k-fold split of a few hundred noisy prompts swings ΔP by several points);
+    the paired bootstrap uses the first repeat's out-of-fold scores.
 
     Modes: k-fold CV over `examples` (default); `train_examples` given → train on those, test on
     `examples` (one split); `router_dir` given → also evaluate that checkpoint as method "checkpoint"
@@ -326,8 +331,10 @@ def evaluate(
     if states is not None and len(states) != len(everything):
         raise ValueError(f"{len(states)} token-state rows for {len(everything)} prompts")
 
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     if train_examples is None:
-        splits = kfold_splits(examples, k=folds, seed=seed)
+        splits = [split for r in range(repeats) for split in kfold_splits(examples, k=folds, seed=seed + r)]
         pool = examples
     else:
         offset = len(train_examples)
@@ -353,8 +360,9 @@ def evaluate(
     folds_q = [(q_e_all[test], q_c_all[test], tb_all[test]) for _, test in splits]
     result_methods = {name: _summarise(scores[name], folds_q, rhos, dims) for name in names}
 
-    test_idx = np.concatenate([np.asarray(test, dtype=np.int64) for _, test in splits])
-    pooled = {name: np.concatenate(scores[name]) for name in names}
+    first = len(splits) // repeats if train_examples is None else len(splits)  # the first repeat's folds
+    test_idx = np.concatenate([np.asarray(test, dtype=np.int64) for _, test in splits[:first]])
+    pooled = {name: np.concatenate(scores[name][:first]) for name in names}
     bootstrap_result = _bootstrap_section(
         result_methods, pooled, q_e_all[test_idx], q_c_all[test_idx], tb_all[test_idx], rhos, bootstrap, seed
     )
@@ -363,7 +371,8 @@ def evaluate(
     return {
         "n_prompts": len(examples),
         "n_train_prompts": len(train_examples) if train_examples is not None else None,
-        "folds": len(splits),
+        "folds": len(splits) // repeats if train_examples is None else 1,
+        "repeats": repeats if train_examples is None else 1,
         "mode": "train-test" if train_examples is not None else "k-fold",
         "seed": seed,
         "edge_model": examples[0].edge_model,

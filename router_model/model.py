@@ -8,18 +8,25 @@ Given token states T [B, n, d] of a frozen text encoder, one expert per quality 
     pooling    z_i = Σ_t a_it T̂_i[t] over the selected tokens, a renormalised gate weights
     heads      D̂_i = σ(u_iᵀ z_i + c_i),   PRŜ = Σ_i w_i D̂_i     (w from the PRS statistics)
 
+Ensemble (`members` > 1): the router holds `members` independently trained copies of this head and
+averages their D̂ (hence PRŜ). On a few hundred noisy human ratings a single head's held-out ΔP
+swings by several points with its seed and its ~50-prompt validation split; averaging members that
+were each early-stopped on a different inner validation fold damps that variance (train.py).
+
 The null logit lets a token be relevant to no expert; without it a one-metric router (k = 1, e.g.
 human-rating data with a single dimension) would have a constant gate A ≡ 1 and select nothing.
 Ablations (`RouterConfig`): `multi_metric=False` → one expert and one head trained on PRS only;
 `token_selection=False` → no expert embeddings, every real token pooled with equal weight;
 `dual_gate=False` → one projection T̂_i = σ(T P_i S_i), no contrast.
 
-A checkpoint (`save_pretrained`) is `config.json` + `model.safetensors` holding the head only; the
-encoder is referenced by name (unless it was fine-tuned, then it is saved under `encoder/`).
+A checkpoint (`save_pretrained`) is `config.json` + `model.safetensors` holding the head(s) only
+(members under `members.<j>.`); the encoder is referenced by name (unless it was fine-tuned, then it
+is saved under `encoder/`). A checkpoint without `members` in its config is a single head.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -53,12 +60,13 @@ class RouterConfig:
     token_selection: bool = True
     dual_gate: bool = True
     dropout: float = 0.1
+    members: int = 5
     max_length: int = 77
     prs_stats: dict[str, Any] | None = None
     encoder_finetuned: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "low_rank", "hidden", "max_length"):
+        for name in ("top_k", "low_rank", "hidden", "max_length", "members"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"RouterConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -103,7 +111,10 @@ class RouterConfig:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no router config here; is this a router checkpoint directory?")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                data.setdefault("members", 1)  # checkpoints from before ensembles hold one head
+            return cls.from_dict(data)
         except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
             raise ValueError(f"{path}: invalid router config: {exc}") from exc
 
@@ -132,7 +143,16 @@ class RouteT2IRouter(nn.Module):
         self.config = config
         self._encoder = encoder
         self.training_summary: dict[str, Any] | None = None
-        d, k, rank, h = int(config.input_dim), config.num_experts, config.low_rank, config.hidden
+        stats = config.stats()
+        k = config.num_experts
+        weights = stats.weights if (stats is not None and config.multi_metric) else [1.0 / k] * k
+        self.register_buffer("metric_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+        self.members: nn.ModuleList | None = None
+        if config.members > 1:
+            single = dataclasses.replace(config, members=1)
+            self.members = nn.ModuleList(RouteT2IRouter(single) for _ in range(config.members))
+            return
+        d, rank, h = int(config.input_dim), config.low_rank, config.hidden
         std_p = 1.0 / math.sqrt(d)
         self.norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(config.dropout)
@@ -145,14 +165,33 @@ class RouteT2IRouter(nn.Module):
         self.scoring_bias = nn.Parameter(torch.zeros(k, h))
         self.head_weight = nn.Parameter(torch.randn(k, h) / math.sqrt(h))
         self.head_bias = nn.Parameter(torch.zeros(k))
-        stats = config.stats()
-        weights = stats.weights if (stats is not None and config.multi_metric) else [1.0 / k] * k
-        self.register_buffer("metric_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+
+    @classmethod
+    def from_members(cls, members: Sequence[RouteT2IRouter]) -> RouteT2IRouter:
+        """One ensemble router from single-head routers trained on the same data, statistics and encoder."""
+        if not members:
+            raise ValueError("an ensemble needs at least one member router")
+        first = members[0].config
+        for j, member in enumerate(members):
+            if member.members is not None:
+                raise ValueError(f"member {j} is itself an ensemble; pass single-head routers")
+            if dataclasses.replace(member.config, members=1) != dataclasses.replace(first, members=1):
+                raise ValueError(f"member {j}'s config differs from member 0's; members must share one config")
+        if len(members) == 1:
+            return members[0]
+        router = cls(dataclasses.replace(first, members=len(members)), encoder=members[0]._encoder)
+        for target, member in zip(router.members, members, strict=True):
+            target.load_state_dict(member.state_dict())
+        return router.to(members[0].device)
 
     # ------------------------------------------------------------------ the head
 
     def gate(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooling weights [B, n, k] (sum 1 over tokens per expert) and the selection [B, n, k] (bool)."""
+        """Pooling weights [B, n, k] (sum 1 over tokens per expert) and the selection [B, n, k] (bool).
+
+        `states` are already layer-normed (`self.norm`); an ensemble has one gate per member."""
+        if self.members is not None:
+            raise TypeError("an ensemble router has one gate per member: call router.members[j].gate(...)")
         mask = mask.bool()
         real = mask.unsqueeze(-1).expand(*mask.shape, self.config.num_experts)
         if not self.config.token_selection:
@@ -170,7 +209,7 @@ class RouteT2IRouter(nn.Module):
         return weights / weights.sum(1, keepdim=True).clamp_min(1e-12), selected
 
     def logits(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-head logits [B, k] (σ of these is D̂)."""
+        """Per-head logits [B, k] (σ of these is D̂; for an ensemble, the logit of the members' mean D̂)."""
         if states.dim() != 3 or mask.shape != states.shape[:2]:
             raise ValueError(
                 f"expected states [B, n, d] and mask [B, n], got {tuple(states.shape)}, {tuple(mask.shape)}"
@@ -180,6 +219,9 @@ class RouteT2IRouter(nn.Module):
                 f"token states have width {states.shape[-1]} but the router expects {self.config.input_dim}: "
                 f"use the encoder it was trained with ({self.config.encoder})"
             )
+        if self.members is not None:
+            d_hat = torch.stack([torch.sigmoid(m.logits(states, mask)) for m in self.members]).mean(0)
+            return torch.logit(d_hat.clamp(1e-7, 1 - 1e-7))
         mask = mask.bool()
         states = self.norm(states.masked_fill(~mask.unsqueeze(-1), 0.0))
         weights, _ = self.gate(states, mask)
@@ -192,6 +234,9 @@ class RouteT2IRouter(nn.Module):
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(D̂ [B, k], PRŜ [B]), both in (0, 1)."""
+        if self.members is not None:
+            d_hat = torch.stack([m(states, mask)[0] for m in self.members]).mean(0)
+            return d_hat, d_hat @ self.metric_weights
         d_hat = torch.sigmoid(self.logits(states, mask))
         return d_hat, d_hat @ self.metric_weights
 
@@ -199,7 +244,7 @@ class RouteT2IRouter(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.head_bias.device
+        return self.metric_weights.device
 
     @property
     def encoder(self) -> TextEncoder:

@@ -6,6 +6,11 @@ pairwise ranking term on PRŜ, because the router is used to *rank* prompts (the
 to the cloud), so getting the order right matters more than calibrated values. Early stopping keeps
 the epoch with the best validation Spearman correlation of PRŜ and PRS (validation split by prompt).
 By default the encoder is frozen and token states are computed once, so an epoch is milliseconds.
+
+With `RouterConfig.members` = M > 1 (the default) the router is a cross-validated ensemble: the
+training prompts are split into folds once, member j holds out fold j for its early stopping and
+learns from the rest with its own initialisation seed, and the M heads are averaged. Every prompt
+trains M − 1 or M members, and no single noisy validation split decides the model.
 """
 
 from __future__ import annotations
@@ -62,16 +67,20 @@ def prs_targets(examples: Sequence[RoutingExample], stats: PRSStats) -> tuple[np
 
 
 def validation_split(
-    examples: Sequence[RoutingExample], val_fraction: float, seed: int = 0
+    examples: Sequence[RoutingExample], val_fraction: float, seed: int = 0, fold: int = 0
 ) -> tuple[list[int], list[int]]:
-    """(fit_idx, val_idx) with about `val_fraction` of the prompts held out, grouped by prompt text."""
+    """(fit_idx, val_idx) with about `val_fraction` of the prompts held out, grouped by prompt text.
+
+    The prompts are cut into round(1 / val_fraction) folds (by `seed`); `fold` picks the held-out one."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if val_fraction == 0.0:
         return list(range(len(examples))), []
     folds = max(2, round(1.0 / val_fraction))
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in [0, {folds}) for val_fraction {val_fraction}, got {fold}")
     try:
-        fit_idx, val_idx = kfold_splits(examples, k=folds, seed=seed)[0]
+        fit_idx, val_idx = kfold_splits(examples, k=folds, seed=seed)[fold]
     except DatasetError as exc:
         raise DatasetError(f"cannot hold out {val_fraction:.0%} of the prompts for validation: {exc}") from exc
     return fit_idx, val_idx
@@ -209,14 +218,18 @@ def train_router(
     rank_weight: float = 1.0,
     weight_decay: float = 1e-2,
     encoder_lr: float = 2e-5,
-    select_by: str = "spearman",
+    select_by: str = "loss",
+    val_fold: int = 0,
 ) -> RouteT2IRouter:
     """Train a router on `train` (one model pair, one metric set) and return it in eval mode.
 
     `token_states` (aligned with `train`) skips encoding, so an evaluator can encode a dataset once
-    and train many folds. The best epoch by validation Spearman(PRŜ, PRS) is restored; the history
-    is in `router.training_summary`. With `finetune_encoder` the encoder is trained too (in place,
-    at `encoder_lr`) and saved with the checkpoint.
+    and train many folds. The best epoch by validation loss (`select_by="loss"`, the default) or by
+    validation Spearman(PRŜ, PRS) is restored; the history is in `router.training_summary`. With
+    `config.members` = M > 1 each member j is trained as a single head on validation fold
+    `val_fold + j` and seed `seed + j` (see the module docstring). With `finetune_encoder` the
+    encoder is trained too (in place, at `encoder_lr`) and saved with the checkpoint; that needs
+    `members=1` (one encoder cannot be fine-tuned for several heads).
     """
     started = time.perf_counter()
     emit = log or (lambda _line: None)
@@ -232,6 +245,37 @@ def train_router(
         raise ValueError(f"select_by must be 'spearman' or 'loss', got {select_by!r}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    members = config.members if config is not None else RouterConfig.members
+    if members > 1:
+        if finetune_encoder:
+            raise ValueError(
+                f"finetune_encoder needs a single-head router, but RouterConfig.members is {members}; "
+                "set members=1 to fine-tune the encoder"
+            )
+        return _train_ensemble(
+            train,
+            members=members,
+            config=config,
+            stats=stats,
+            encoder=encoder,
+            token_states=token_states,
+            device=device,
+            seed=seed,
+            val_fraction=val_fraction,
+            val_fold=val_fold,
+            log=emit,
+            started=started,
+            single_kwargs=dict(
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                patience=patience,
+                progress=progress,
+                rank_weight=rank_weight,
+                weight_decay=weight_decay,
+                select_by=select_by,
+            ),
+        )
 
     torch.manual_seed(seed)
     run_device = pick_device(device)
@@ -252,7 +296,7 @@ def train_router(
         token_states = encoder.encode([ex.prompt for ex in train])
 
     distances, prs = prs_targets(train, stats)
-    fit_idx, val_idx = validation_split(train, val_fraction, seed)
+    fit_idx, val_idx = validation_split(train, val_fraction, seed, fold=val_fold)
 
     def batches_for(index: list[int]) -> _Batches:
         return _Batches(
@@ -360,6 +404,8 @@ def train_router(
             "rank_weight": rank_weight,
             "weight_decay": weight_decay,
             "finetune_encoder": finetune_encoder,
+            "select_by": select_by,
+            "val_fold": val_fold,
         },
         "config": config.to_dict(),
         "history": [{k: _finite(v) for k, v in record.items()} for record in history],
@@ -370,6 +416,79 @@ def train_router(
         + f" ({router.training_summary['seconds']:.1f} s)"
     )
     return router
+
+
+def _train_ensemble(
+    train: list[RoutingExample],
+    *,
+    members: int,
+    config: RouterConfig | None,
+    stats: PRSStats | None,
+    encoder: TextEncoder | None,
+    token_states: TokenStates | None,
+    device: str,
+    seed: int,
+    val_fraction: float,
+    val_fold: int,
+    log: Callable[[str], None],
+    started: float,
+    single_kwargs: dict[str, Any],
+) -> RouteT2IRouter:
+    """Train `members` single-head routers on disjoint validation folds and average them (one checkpoint)."""
+    if val_fraction <= 0.0:
+        raise ValueError(
+            f"an ensemble of {members} members early-stops each on its own validation fold; "
+            "val_fraction must be > 0 (or set RouterConfig.members=1)"
+        )
+    folds = max(2, round(1.0 / val_fraction))
+    if members > folds:
+        raise ValueError(
+            f"RouterConfig.members={members} needs as many validation folds, but val_fraction {val_fraction} "
+            f"gives {folds}; use val_fraction <= {1.0 / members:.3g} or fewer members"
+        )
+    stats = _resolve_stats(train, stats, config)
+    single = dataclasses.replace(config or RouterConfig(metrics=list(stats.metrics)), members=1)
+    if token_states is None:
+        if encoder is None:
+            encoder = TextEncoder(single.encoder, device=str(pick_device(device)), max_length=single.max_length)
+        token_states = encoder.encode([ex.prompt for ex in train])
+    trained = []
+    for j in range(members):
+        log(f"ensemble member {j + 1}/{members}")
+        trained.append(
+            train_router(
+                train,
+                config=single,
+                stats=stats,
+                val_fraction=val_fraction,
+                val_fold=(val_fold + j) % folds,
+                seed=seed + j,
+                device=device,
+                encoder=encoder,
+                token_states=token_states,
+                log=log,
+                **single_kwargs,
+            )
+        )
+    router = RouteT2IRouter.from_members(trained)
+    summaries = [m.training_summary or {} for m in trained]
+    router.training_summary = {
+        "members": len(trained),
+        "best_val_spearman": _mean_of_finite([s.get("best_val_spearman") for s in summaries]),
+        "best_val_loss": _mean_of_finite([s.get("best_val_loss") for s in summaries]),
+        "n_train": len(train),
+        "seconds": round(time.perf_counter() - started, 3),
+        "hyperparameters": summaries[0].get("hyperparameters", {}) | {"seed": seed, "val_fold": val_fold},
+        "config": router.config.to_dict(),
+        "member_summaries": summaries,
+    }
+    log(f"done: ensemble of {len(trained)} members ({router.training_summary['seconds']:.1f} s)")
+    return router
+
+
+def _mean_of_finite(values: Sequence[float | None]) -> float | None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
 
 
 def _finite(value: float | None) -> float | None:
