@@ -200,7 +200,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from router_model.report import write_results_page
 
         page = write_results_page(Path(args.results_page), Path(args.data_dir), folds=args.folds, seed=args.seed,
-                                  bootstrap=args.bootstrap, repeats=args.repeats)  # fmt: skip
+                                  bootstrap=args.bootstrap, repeats=args.repeats,
+                                  ablations=args.ablations)  # fmt: skip
         print(f"wrote {page}")
         return 0
     if args.data and (args.train or args.test):
