@@ -31,6 +31,16 @@ class GenerationResult:
     backend: str  # "edge" or "cloud"
     model: str
     timings: dict[str, float] = field(default_factory=dict)
+    # The images as PNG bytes exactly as the backend received them (a worker's response), or None: the
+    # gateway passes these on instead of re-encoding (a 512×512 PNG encode costs ~100 ms of CPU).
+    png: list[bytes] | None = None
+
+
+def result_pngs(result: GenerationResult) -> list[bytes]:
+    """Every image of `result` as PNG bytes: the received bytes when the backend kept them, else encoded now."""
+    if result.png is not None and len(result.png) == len(result.images):
+        return list(result.png)
+    return [png_bytes(image) for image in result.images]
 
 
 @runtime_checkable

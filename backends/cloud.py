@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import email.utils
+import io
 import logging
 import math
 import random
@@ -159,6 +160,20 @@ def decode_b64_image(data: Any, what: str) -> Image.Image:
     try:
         return image_from_bytes(base64.b64decode(data, validate=True))
     except (binascii.Error, ValueError, OSError) as exc:
+        raise BackendError(f"{what}: not a base64-encoded image ({exc})", kind="malformed") from exc
+
+
+def open_b64_image(data: Any, what: str) -> tuple[Image.Image, bytes]:
+    """(image, its bytes): the image is checked whole (chunk checksums, `Image.verify`) but decoded lazily,
+    on first pixel access, so a PNG can be passed on as received without a decode/encode round trip."""
+    if not isinstance(data, str):
+        raise BackendError(f"{what}: expected a base64 string, got {type(data).__name__}", kind="malformed")
+    try:
+        raw = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(raw)) as probe:
+            probe.verify()
+        return Image.open(io.BytesIO(raw)), raw
+    except (binascii.Error, ValueError, OSError, SyntaxError) as exc:  # PIL raises SyntaxError for broken chunks
         raise BackendError(f"{what}: not a base64-encoded image ({exc})", kind="malformed") from exc
 
 
@@ -323,7 +338,8 @@ class WorkerCloudBackend(HTTPCloudBackend):
             images = payload.get("images")
             if not isinstance(images, list) or len(images) != request.n:
                 raise BackendError(f"worker: expected {request.n} images in 'images'", kind="malformed")
-            decoded = [decode_b64_image(data, f"worker: images[{i}]") for i, data in enumerate(images)]
+            opened = [open_b64_image(data, f"worker: images[{i}]") for i, data in enumerate(images)]
+            decoded = [image for image, _ in opened]
             for image in decoded:
                 if image.size != (request.width, request.height):
                     raise BackendError(
@@ -342,6 +358,7 @@ class WorkerCloudBackend(HTTPCloudBackend):
                 backend="cloud",
                 model=str(payload.get("model", "worker")),
                 timings=timings,
+                png=[raw for _, raw in opened] if all(image.format == "PNG" for image in decoded) else None,
             )
 
         return await self.call(lambda: self.client.post("/v1/generate", json=body), parse)

@@ -32,6 +32,7 @@ class GatewayError(Exception):
     def __init__(self, status: int, detail: str, *, retry_after: float | None = None, kind: str = "error"):
         super().__init__(detail)
         self.status, self.detail, self.retry_after, self.kind = status, detail, retry_after, kind
+        self.route: Route | None = None  # the route that failed, when not the decided one (the edge after a fallback)
 
 
 @dataclass
@@ -88,8 +89,9 @@ class Gateway:
         try:
             served = await self._serve(request, route, ticket)
         except GatewayError as exc:
+            failed, duration = exc.route or route, time.perf_counter() - started
             self.metrics.observe_request(
-                backend=route.backend, reason=route.reason, status=exc.status, duration_s=time.perf_counter() - started
+                backend=failed.backend, reason=failed.reason, status=exc.status, duration_s=duration
             )
             raise
         duration = time.perf_counter() - started
@@ -134,20 +136,25 @@ class Gateway:
                     route = self._fall_back(route, ticket)
         else:
             self._count(route, ticket)
+
+        def on_edge(error: GatewayError) -> GatewayError:
+            error.route = route
+            return error
+
         try:
             result = await self.edge.generate(request)
         except ValueError as exc:
-            raise GatewayError(422, str(exc), kind="invalid") from exc
+            raise on_edge(GatewayError(422, str(exc), kind="invalid")) from exc
         except BackendOverloaded as exc:
             self.metrics.backend_error(exc.kind, "edge")
-            raise GatewayError(
+            raise on_edge(GatewayError(
                 503, f"the edge model is busy: {exc}", retry_after=exc.retry_after or 1.0, kind=exc.kind
-            ) from exc
+            )) from exc  # fmt: skip
         except BackendError as exc:
             self.metrics.backend_error(exc.kind, "edge")
-            raise GatewayError(
+            raise on_edge(GatewayError(
                 503, f"the edge model failed: {exc}", retry_after=exc.retry_after or 5.0, kind=exc.kind
-            ) from exc
+            )) from exc  # fmt: skip
         return Served(result, route)
 
     def _fall_back(self, route: Route, ticket: int | None) -> Route:

@@ -1,0 +1,418 @@
+"""Gateway overhead on loopback: a worker that answers at once with a fixed image, called directly and
+through the gateway, at several concurrencies: added p50/p99 latency and requests/s.
+
+Three processes: the fixed-image worker (`python -m bench.gateway_overhead worker`), the real gateway
+(`python -m gateway.cli serve`, configured by ROUTET2I_* variables: the shipped router, a tiny edge
+pipeline that no timed request reaches, the worker as its cloud), and this process as the load
+generator (httpx.AsyncClient). Scenarios, run side by side in rotating rounds at each concurrency:
+- direct: POST {worker}/v1/generate;
+- router off: POST {gateway}/generate with route "cloud" (forced, no scoring);
+- router on: POST {gateway}/generate with route "auto" under ρ = 1, on COCO captions the gateway's own
+  POST /route sends to the cloud at ρ = 1 (α is capped at ½, so prompts the router thinks the edge
+  wins would stay on the edge; they are left out so that every timed request takes the same path).
+The router's own single-prompt cost is measured in this process (as in bench/router_latency.py) for
+the "router adds no more than its own cost" check. Anchor: LiteLLM publishes 3.25 ms added latency.
+
+    python -m bench.gateway_overhead                 # writes its section of docs/BENCHMARKS.md
+    python -m bench.gateway_overhead --requests 100 --concurrency 1 16 --no-markdown   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from backends.worker import GenerateBody
+from bench.markdown import run_note, table, write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("ROUTET2I_DATA_DIR", ROOT.parent / "shared" / "data"))
+COCO = DATA_DIR / "coco2014_val_captions_5k.tsv"
+LITELLM_ADDED_MS = 3.25
+TARGET_ADDED_P50_MS = 3.0
+IMAGE_SIDE = 512
+SCENARIOS = ("direct", "router off", "router on")
+HEADERS = ("image", "concurrency", "scenario", "ok", "errors", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
+           "req/s", "served by")  # fmt: skip
+
+
+# ---------------------------------------------------------------- the fixed-image worker
+
+
+def fixed_png(width: int, height: int, seed: int = 0) -> bytes:
+    """A deterministic photo-like PNG (smooth colour fields plus mild noise): about 400 kB at 512×512,
+    the size class of a real diffusion output, so encode/decode costs are realistic."""
+    from PIL import Image
+
+    from backends.base import png_bytes
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    base = np.stack([200 * x + 30 * np.sin(9 * y), 160 * y + 40 * np.cos(7 * x), 120 + 80 * np.sin(5 * (x + y))], -1)
+    pixels = np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype(np.uint8)
+    return png_bytes(Image.fromarray(pixels))
+
+
+def fixed_image_app():
+    """A FastAPI app speaking the worker protocol of backends/worker.py that answers at once:
+    POST /v1/generate → {"images": [b64 PNG] * n, "seed", "model"}; the PNG of each size is made once."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title="fixed-image worker")
+    cache: dict[tuple[int, int], str] = {}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict:
+        return {"status": "ready", "model": "fixed-image"}
+
+    @app.post("/v1/generate")
+    async def generate(body: GenerateBody) -> JSONResponse:
+        key = (body.width, body.height)
+        if key not in cache:
+            cache[key] = base64.b64encode(fixed_png(*key)).decode()
+        return JSONResponse({"images": [cache[key]] * body.n, "seed": body.seed or 0, "model": "fixed-image"})
+
+    return app
+
+
+def serve_worker(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(fixed_image_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    from gateway.demo import free_port as pick
+
+    return pick()
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with status {process.returncode} before it was ready")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url}: not ready after {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Stack:
+    worker_url: str
+    gateway_url: str
+    worker: subprocess.Popen
+    gateway: subprocess.Popen
+
+
+def tiny_edge_pipeline(directory: Path) -> Path:
+    from backends.tiny import build_tiny_sd_pipeline
+
+    if not (directory / "model_index.json").exists():
+        build_tiny_sd_pipeline(directory)
+    return directory
+
+
+@contextlib.contextmanager
+def running_stack(
+    workdir: Path, *, rho: float = 1.0, gateway_log: Path | None = None, extra_env: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """The fixed-image worker and the real gateway (`gateway.cli serve`) as processes on loopback."""
+    edge = tiny_edge_pipeline(workdir / "edge-tiny-sd")
+    worker_port, gateway_port = free_port(), free_port()
+    worker_url, gateway_url = f"http://127.0.0.1:{worker_port}", f"http://127.0.0.1:{gateway_port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bench.gateway_overhead", "worker", "--port", str(worker_port)], cwd=ROOT, env=env
+    )
+    gateway_env = {
+        **env,
+        "ROUTET2I_RHO": str(rho),
+        "ROUTET2I_STATE_FILE": str(workdir / "state.json"),
+        "ROUTET2I_EDGE_MODEL": str(edge),
+        "ROUTET2I_EDGE_DEVICE": "cpu",
+        "ROUTET2I_EDGE_DEFAULT_STEPS": "1",
+        "ROUTET2I_ROUTER_DEVICE": "cpu",
+        "ROUTET2I_CLOUD_KIND": "worker",
+        "ROUTET2I_CLOUD_URL": worker_url,
+        "ROUTET2I_MAX_IN_FLIGHT": "1024",
+        "OMP_NUM_THREADS": "1",
+        **(extra_env or {}),
+    }
+    log = open(gateway_log or os.devnull, "w")  # noqa: SIM115 - closed below, after the process
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(gateway_port)],
+        cwd=workdir, env=gateway_env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_ready(worker_url, worker)
+        wait_ready(gateway_url, gateway)
+        yield Stack(worker_url, gateway_url, worker, gateway)
+    finally:
+        stop(gateway)
+        stop(worker)
+        log.close()
+
+
+# ---------------------------------------------------------------- load
+
+
+@dataclass
+class Run:
+    latencies: np.ndarray  # seconds, successful requests
+    errors: int
+    seconds: float
+    backends: dict[str, int]
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+
+def request_for(scenario: str, stack: Stack, prompt: str, seed: int, side: int = IMAGE_SIDE) -> tuple[str, dict]:
+    if scenario == "direct":
+        return f"{stack.worker_url}/v1/generate", {"prompt": prompt, "width": side, "height": side, "seed": seed}
+    route = "cloud" if scenario == "router off" else "auto"
+    return f"{stack.gateway_url}/generate", {"prompt": prompt, "size": f"{side}x{side}", "seed": seed, "route": route}
+
+
+async def drive(
+    client: httpx.AsyncClient,
+    scenario: str,
+    stack: Stack,
+    prompts: Sequence[str],
+    concurrency: int,
+    start: int = 0,
+    side: int = IMAGE_SIDE,
+) -> Run:
+    """`len(prompts)` requests with `concurrency` in flight; each response is parsed and checked."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(prompts)):
+        queue.put_nowait(i)
+    latencies: list[float] = []
+    backends: dict[str, int] = {}
+    errors = 0
+
+    async def one() -> None:
+        nonlocal errors
+        while not queue.empty():
+            i = queue.get_nowait()
+            url, body = request_for(scenario, stack, prompts[i], seed=start + i, side=side)
+            started = time.perf_counter()
+            try:
+                response = await client.post(url, json=body)
+                payload = response.json()
+                ok = response.status_code == 200 and len(payload.get("images") or payload.get("data") or []) == 1
+            except (httpx.HTTPError, ValueError):
+                ok = False
+            elapsed = time.perf_counter() - started
+            if ok:
+                latencies.append(elapsed)
+                backend = response.headers.get("x-route-backend", "worker")
+                backends[backend] = backends.get(backend, 0) + 1
+            else:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    return Run(np.asarray(latencies), errors, time.perf_counter() - started, backends)
+
+
+async def cloud_prompts(client: httpx.AsyncClient, gateway_url: str, prompts: Sequence[str], want: int) -> list[str]:
+    """Prompts the gateway's POST /route sends to the cloud now (ρ = 1: PRŜ < ½)."""
+    chosen: list[str] = []
+    for prompt in prompts:
+        response = await client.post(f"{gateway_url}/route", json={"prompt": prompt})
+        response.raise_for_status()
+        if response.json()["backend"] == "cloud":
+            chosen.append(prompt)
+            if len(chosen) == want:
+                break
+    if not chosen:
+        raise RuntimeError("the router sends none of these prompts to the cloud at ρ = 1; check the checkpoint")
+    return chosen
+
+
+async def measure(
+    stack: Stack, prompts: Sequence[str], sides: Sequence[int], concurrencies: Sequence[int], requests: int, rounds: int
+):
+    """{(image side, concurrency): {scenario: Run}}, each scenario run `rounds` times per cell in rotating order."""
+    limits = httpx.Limits(max_connections=max(concurrencies) * 2, max_keepalive_connections=max(concurrencies) * 2)
+    results: dict[tuple[int, int], dict[str, Run]] = {}
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        chosen = await cloud_prompts(client, stack.gateway_url, prompts, want=max(requests // rounds, 20))
+        warm = [chosen[i % len(chosen)] for i in range(32)]
+        for scenario, side in [(s, side) for side in sides for s in SCENARIOS]:  # connections, caches, router
+            run = await drive(client, scenario, stack, warm, 16, side=side)
+            if run.errors or set(run.backends) - {"worker", "cloud"}:
+                raise RuntimeError(
+                    f"warm-up of {scenario!r}: {run.errors} errors, served by {run.backends}; the timed requests must "
+                    "all reach the worker (see --gateway-log)"
+                )
+        for side in sides:
+            for c in concurrencies:
+                per_round = max(requests // rounds, c)
+                parts: dict[str, list[Run]] = {s: [] for s in SCENARIOS}
+                for r in range(rounds):
+                    batch = [chosen[(r * per_round + i) % len(chosen)] for i in range(per_round)]
+                    for scenario in SCENARIOS[r % 3 :] + SCENARIOS[: r % 3]:
+                        run = await drive(client, scenario, stack, batch, c, start=r * per_round, side=side)
+                        parts[scenario].append(run)
+                results[side, c] = {s: _merge(runs) for s, runs in parts.items()}
+    return chosen, results
+
+
+def _merge(runs: Sequence[Run]) -> Run:
+    backends: dict[str, int] = {}
+    for run in runs:
+        for k, v in run.backends.items():
+            backends[k] = backends.get(k, 0) + v
+    return Run(
+        np.concatenate([r.latencies for r in runs]),
+        sum(r.errors for r in runs),
+        sum(r.seconds for r in runs),
+        backends,
+    )
+
+
+def router_single_cost(prompts: Sequence[str], n: int = 200) -> float:
+    """p50 seconds of one single-prompt router call (encoder + head), in this process."""
+    import torch
+
+    from bench.router_latency import full_router, load_router, paired_latency
+
+    torch.set_num_threads(1)
+    router = load_router()
+    return float(np.percentile(paired_latency({"router": full_router(router)}, prompts[:n])["router"], 50))
+
+
+# ---------------------------------------------------------------- report
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def report(results: dict[tuple[int, int], dict[str, Run]], router_p50: float, args: argparse.Namespace, n: int) -> str:
+    rows = []
+    summary = {}
+    for (side, c), runs in results.items():
+        direct = runs["direct"]
+        d50, d99 = np.percentile(direct.latencies, [50, 99])
+        for scenario in SCENARIOS:
+            run = runs[scenario]
+            p50, p99 = np.percentile(run.latencies, [50, 99])
+            added = "" if scenario == "direct" else f"{(p50 - d50) * 1e3:+.2f}"
+            added99 = "" if scenario == "direct" else f"{(p99 - d99) * 1e3:+.2f}"
+            served = ", ".join(f"{k} {v}" for k, v in sorted(run.backends.items()))
+            rows.append(
+                [f"{side}×{side}", c, scenario, len(run.latencies), run.errors, ms(p50), ms(p99), added, added99,
+                 f"{run.rate:.0f}", served]
+            )  # fmt: skip
+        off50 = np.percentile(runs["router off"].latencies, 50)
+        on50 = np.percentile(runs["router on"].latencies, 50)
+        summary[side, c] = (off50 - d50, on50 - off50)
+    lines = [
+        "## Gateway overhead",
+        "",
+        run_note(),
+        "",
+        "Worker returning a fixed PNG at once (512×512: about 400 kB, the size class of a real output; 64×64: "
+        "the per-request cost without the payload); gateway `python -m gateway.cli serve` "
+        "(uvicorn, uvloop/httptools, INFO logging) and the worker as separate processes, this process driving them "
+        f"with one httpx.AsyncClient; {args.rounds} rotating rounds per cell, {n} COCO captions "
+        "the router sends to the cloud at ρ = 1. Latency is client-side wall time per request, response JSON parsed.",
+        "",
+        table(HEADERS, rows, align="lrlrrrrrrrl"),
+        "",
+        f"Router alone (encoder + head, one prompt, in the load process): p50 {ms(router_p50)} ms.",
+        "",
+    ]
+    for (side, c), (off, router) in summary.items():
+        lines.append(
+            f"- {side}×{side}, concurrency {c}: router off adds **{ms(off)} ms** p50 over the direct call (target < "
+            f"{TARGET_ADDED_P50_MS} ms, LiteLLM's published {LITELLM_ADDED_MS} ms: "
+            f"{'met' if off < TARGET_ADDED_P50_MS / 1e3 else 'missed'}); the router adds **{ms(router)} ms** p50 on "
+            f"top (its own cost {ms(router_p50)} ms: {'within' if router <= router_p50 else 'over'})."
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    worker = sub.add_parser("worker", help="serve only the fixed-image worker")
+    worker.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--requests", type=int, default=300, help="requests per scenario and cell")
+    parser.add_argument("--sides", type=int, nargs="+", default=[512, 64], help="image sizes (square) to return")
+    parser.add_argument("--rounds", type=int, default=3, help="rotating rounds the requests are split into")
+    parser.add_argument("--prompts", type=Path, default=COCO)
+    parser.add_argument("--router-prompts", type=int, default=200, help="prompts timing the router alone")
+    parser.add_argument("--gateway-log", type=Path, help="keep the gateway's log here")
+    parser.add_argument("--no-markdown", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    parser.add_argument("--out", type=Path, help="write the section to this file instead of docs/BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.command == "worker":
+        serve_worker(args.port)
+        return
+
+    from router_model.data import read_prompts
+
+    prompts = read_prompts(args.prompts)[:2000]
+    router_p50 = router_single_cost(prompts, args.router_prompts)
+    with tempfile.TemporaryDirectory(prefix="routet2i-overhead-") as tmp, running_stack(
+        Path(tmp), gateway_log=args.gateway_log
+    ) as stack:  # fmt: skip
+        chosen, results = _run_async(measure(stack, prompts, args.sides, args.concurrency, args.requests, args.rounds))
+    text = report(results, router_p50, args, len(chosen))
+    print(text)
+    if not args.no_markdown:
+        print("wrote", write_section("gateway-overhead", text, *([args.out] if args.out else [])))
+
+
+def _run_async(coro):
+    """Run on uvloop when it is installed (it is, with uvicorn[standard]), so the load generator is cheap."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The bench scripts run end to end at toy sizes (one documented command each) and write only their
+own section of the benchmarks page; bench/markdown.py keeps sections in order and apart."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.markdown import SECTIONS, end_marker, gpu_edge_section, start_marker, write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(module: str, *args: str, timeout: int = 240) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"{module} failed:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def section(text: str, name: str) -> str:
+    start, end = text.index(start_marker(name)), text.index(end_marker(name))
+    return text[start:end]
+
+
+def test_sections_are_replaced_in_place_and_kept_in_order(tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    write_section("gpu-edge", "## GPU\nold", page)
+    write_section("router-latency", "## Router\nfirst", page)
+    write_section("budget-tracking", "## Budget\nx", page)
+    write_section("router-latency", "## Router\nsecond", page)
+    text = page.read_text()
+    assert "first" not in text and "second" in text and "old" in text
+    positions = [text.index(start_marker(n)) for n in SECTIONS if start_marker(n) in text]
+    assert positions == sorted(positions) and len(positions) == 3
+    assert text.startswith("# Benchmarks")
+
+
+def test_broken_markers_and_unknown_sections_are_refused(tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    page.write_text(f"# Benchmarks\n{end_marker('router-latency')}\n{start_marker('router-latency')}\n")
+    with pytest.raises(ValueError, match="markers of section 'router-latency' are broken"):
+        write_section("router-latency", "x", page)
+    with pytest.raises(ValueError, match="unknown benchmark section"):
+        write_section("nonsense", "x", page)
+
+
+def test_gpu_edge_section_copies_the_generated_table_and_says_it_is_the_h100_run():
+    text = gpu_edge_section()
+    assert "H100" in text and (ROOT / "docs/bench/gpu_edge.md").read_text().strip() in text
+
+
+@pytest.mark.slow
+def test_router_latency_smoke(tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    out = run_bench("bench.router_latency", "--single", "4", "--batched", "64", "--agree", "150",
+                    "--max-lengths", "32", "--out", str(page))  # fmt: skip
+    part = section(page.read_text(), "router-latency")
+    for row in ("| encoder alone |", "| full router |", "| bfloat16 encoder |", "| max_length 32 |"):
+        assert row in part
+    assert "Target full router p50" in part and "python -m bench.router_latency" in part
+    assert "## Router cost" in out
+
+
+@pytest.mark.slow
+def test_gateway_overhead_smoke(tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    run_bench("bench.gateway_overhead", "--requests", "8", "--rounds", "1", "--concurrency", "1", "4",
+              "--sides", "64", "--router-prompts", "10", "--out", str(page))  # fmt: skip
+    part = section(page.read_text(), "gateway-overhead")
+    for scenario in ("direct", "router off", "router on"):
+        assert f"| {scenario} | 8 | 0 |" in part  # every request answered, none failed
+    assert "64×64, concurrency 4: router off adds" in part
+
+
+@pytest.mark.slow
+def test_budget_tracking_smoke(tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    run_bench("bench.budget_tracking", "--coco", "500", "--parti", "300", "--diffusiondb", "500",
+              "--calibration", "300", "--change-at", "1400", "--out", str(page))  # fmt: skip
+    part = section(page.read_text(), "budget-tracking")
+    assert "| live controller |" in part and "| fixed offline α |" in part
+    assert "ΔP labelled" in part and "genai-bench" in part
