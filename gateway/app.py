@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from backends.base import ImageBackend, result_pngs
 from gateway.budget import BudgetController, BudgetStore, InMemoryBudgetStore
+from gateway.guard import RequestGuard
 from gateway.metrics import GatewayMetrics, ensure_multiprocess_dir, multiprocess_dir
 from gateway.redis_store import FailoverBudgetStore, RedisBudgetStore
 from gateway.routing import PromptScorer, ScoringService
@@ -164,43 +165,12 @@ def create_app(
 
     app = FastAPI(title="RouteT2I gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.budget, app.state.metrics = settings, budget, metrics
+
     app.state.in_flight = 0
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """Cap body size and requests in flight (429 + Retry-After) before any work is done."""
-        started = time.perf_counter()
-        generating = request.url.path in ("/generate", "/v1/images/generations")
-
-        def counted(response: Response) -> Response:
-            """Count a generation request refused before `Gateway.generate` (which counts the ones it serves)."""
-            if generating and not getattr(request.state, "counted", False):
-                metrics.observe_request(
-                    backend=None, reason=None, status=response.status_code, duration_s=time.perf_counter() - started
-                )
-            return response
-
-        length = request.headers.get("content-length")
-        if length is None and "chunked" in request.headers.get("transfer-encoding", "").lower():
-            # a chunked body would be read whole before any size check: ask for a declared length instead
-            return counted(JSONResponse(
-                {"detail": f"send the body with a Content-Length header (at most {settings.max_body_bytes} bytes)"},
-                status_code=411,
-            ))  # fmt: skip
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return counted(
-                JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
-            )
-        if generating and app.state.in_flight >= settings.max_in_flight:
-            return counted(JSONResponse(
-                {"detail": f"more than {settings.max_in_flight} requests in flight; retry shortly"},
-                status_code=429, headers={"Retry-After": "1"},
-            ))  # fmt: skip
-        app.state.in_flight += generating
-        try:
-            return counted(await call_next(request))
-        finally:
-            app.state.in_flight -= generating
+    app.add_middleware(
+        RequestGuard, metrics=metrics, max_body_bytes=settings.max_body_bytes, max_in_flight=settings.max_in_flight,
+        state=app.state,
+    )  # fmt: skip
 
     @app.exception_handler(GatewayError)
     async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:

@@ -252,6 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per cloud call costs more than it tells
     if args.config:
         os.environ["ROUTET2I_CONFIG"] = args.config
     if args.workers > 1:

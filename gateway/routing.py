@@ -1,7 +1,9 @@
 """Scoring service: router calls off the event loop, with micro-batching of concurrent requests.
 
 Requests that arrive within `window_ms` of each other (up to `max_batch`) share one router call in a
-worker thread, so the event loop never blocks on the encoder and a burst costs one forward pass.
+worker thread, so the event loop never blocks on the encoder and a burst costs one forward pass. A lone
+request under light traffic does not wait for the window; requests that queue up during a router call
+are batched into the next one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ScoringService:
         self.window_s = window_ms / 1000
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[PromptScore]]] | None = None
         self._worker: asyncio.Task | None = None
+        self._last_batch = 1
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -57,7 +60,10 @@ class ScoringService:
     async def _collect(self) -> list[tuple[str, asyncio.Future[PromptScore]]]:
         assert self._queue is not None
         batch = [await self._queue.get()]
-        deadline = time.monotonic() + self.window_s
+        # Wait for company only when traffic is concurrent (the last batch had it, or more are queued):
+        # a lone request should not pay the window.
+        window = self.window_s if (self._last_batch > 1 or not self._queue.empty()) else 0.0
+        deadline = time.monotonic() + window
         while len(batch) < self.max_batch:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
@@ -74,6 +80,7 @@ class ScoringService:
         while True:
             batch = await self._collect()
             live = [(p, f) for p, f in batch if not f.cancelled()]
+            self._last_batch = len(batch)
             if not live:
                 continue
             started = time.perf_counter()
