@@ -116,7 +116,9 @@ def app_from_env() -> FastAPI:
 def load_router(settings: Settings) -> PromptScorer:
     from router_model.model import RouteT2IRouter
 
-    return RouteT2IRouter.from_pretrained(settings.router_path, device=settings.router_device)
+    return RouteT2IRouter.from_pretrained(
+        settings.router_path, device=settings.router_device, encoder_dtype=settings.router_encoder_dtype
+    )
 
 
 def create_app(

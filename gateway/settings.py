@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # router
     router_path: str = Field(str(DEFAULT_ROUTER), description="Router checkpoint directory.")
     router_device: str = "auto"
+    router_encoder_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="bfloat16: faster encoder on CPUs with bf16 (see docs/BENCHMARKS.md)."
+    )
     scoring_max_batch: int = Field(32, ge=1, description="Most prompts scored in one router call.")
     scoring_window_ms: float = Field(2.0, ge=0, description="How long a scoring batch waits for company.")
 

@@ -54,7 +54,9 @@ class TokenStates:
 class TextEncoder:
     """Tokenizer + AutoModel, frozen, returning the last hidden layer as token states."""
 
-    def __init__(self, name_or_path: str = DEFAULT_ENCODER, device: str = "auto", max_length: int = 77):
+    def __init__(
+        self, name_or_path: str = DEFAULT_ENCODER, device: str = "auto", max_length: int = 77, dtype: str = "float32"
+    ):
         from transformers import AutoModel, AutoTokenizer
 
         self.name = name_or_path
@@ -62,7 +64,9 @@ class TextEncoder:
         self.device = pick_device(device)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(self.device).eval()
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"encoder dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        self.model = AutoModel.from_pretrained(path).to(self.device, getattr(torch, dtype)).eval()
         self.model.requires_grad_(False)
 
     @property

@@ -286,3 +286,15 @@ def test_checkpoints_from_before_ensembles_load_as_one_head(tmp_path):
     assert loaded.config.members == 1 and loaded.members is None
     states, mask = batch()
     torch.testing.assert_close(loaded(states, mask)[1], router(states, mask)[1], rtol=0, atol=0)
+
+
+def test_bfloat16_encoder_scores_close_to_float32():
+    """The faster path the router benchmark keeps: same checkpoint, encoder in bfloat16, head in float32."""
+    from pathlib import Path
+
+    default = Path(__file__).resolve().parents[1] / "router_model" / "checkpoints" / "default"
+    prompts = ["a cat on a mat", "three red cars beside a blue truck under a bridge", "a bowl of fruit"]
+    full = RouteT2IRouter.from_pretrained(default, device="cpu").score(prompts).prs
+    fast = RouteT2IRouter.from_pretrained(default, device="cpu", encoder_dtype="bfloat16")
+    assert next(fast.encoder.model.parameters()).dtype == torch.bfloat16
+    assert np.abs(fast.score(prompts).prs - full).max() < 0.05
