@@ -108,13 +108,13 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def low_score_prompts(cluster) -> list[str]:
-    """Real COCO/Parti prompts the router says the cloud wins (the lowest 60 PRŜ of 240, scored by POST /route),
+    """Real COCO/Parti prompts the router says the cloud wins (the lowest 60 PRŜ of 400, scored by POST /route),
     shuffled: all of them want the cloud during the cold start (α = ρ), about ρ of them once α is live."""
     if not (DATA_DIR / "parti_prompts.tsv").exists():
         pytest.skip(f"prompt data not found under {DATA_DIR} (set ROUTET2I_DATA_DIR)")
     prompts = (
-        read_prompts(DATA_DIR / "coco2014_val_captions_5k.tsv")[:120]
-        + read_prompts(DATA_DIR / "parti_prompts.tsv")[:120]
+        read_prompts(DATA_DIR / "coco2014_val_captions_5k.tsv")[:200]
+        + read_prompts(DATA_DIR / "parti_prompts.tsv")[:200]
     )
     with httpx.Client(base_url=cluster.b, timeout=30) as client:
         prs = [client.post("/route", json={"prompt": p}).json()["prs"] for p in prompts]
