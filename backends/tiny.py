@@ -73,9 +73,20 @@ def _tiny_vae(**overrides):
     return AutoencoderKL(**kwargs)
 
 
+def sd_ddim_scheduler(**overrides):
+    """The DDIM scheduler settings of Stable Diffusion 1.x/2.x (2.1 adds prediction_type="v_prediction")."""
+    from diffusers import DDIMScheduler
+
+    kwargs = dict(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )  # fmt: skip
+    return DDIMScheduler(**(kwargs | overrides))
+
+
 def build_tiny_sd_pipeline(directory: str | Path, seed: int = 0) -> Path:
     """An SD 2.1-class `StableDiffusionPipeline` (UNet + VAE + CLIP text encoder), saved to `directory`."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     directory = Path(directory)
@@ -94,14 +105,7 @@ def build_tiny_sd_pipeline(directory: str | Path, seed: int = 0) -> Path:
         attention_head_dim=2,
     )
     vae = _tiny_vae()
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd_ddim_scheduler()
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,

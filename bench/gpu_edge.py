@@ -20,14 +20,14 @@ import torch
 
 from backends.base import GenerationRequest
 from backends.edge import EdgeBackend
-from backends.tiny import build_clip_tokenizer
+from backends.tiny import build_clip_tokenizer, sd_ddim_scheduler
 
 SIZE, STEPS = 512, 25
 
 
 def build_sd21_architecture(dtype: torch.dtype, device: str):
     """StableDiffusionPipeline with stabilityai/stable-diffusion-2-1's configs and random weights."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_clip_tokenizer("/tmp/sd21_tokenizer")
@@ -70,15 +70,7 @@ def build_sd21_architecture(dtype: torch.dtype, device: str):
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction",
-    )
+    scheduler = sd_ddim_scheduler(prediction_type="v_prediction")
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
