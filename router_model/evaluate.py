@@ -480,7 +480,9 @@ def plot_delta_p(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel("cloud budget ρ (%)")
     ax.set_ylabel("ΔP (% of the cloud model's gain)")
     title = f"{result.get('edge_model', 'edge')} → {result.get('cloud_model', 'cloud')}"
-    ax.set_title(f"{title}: {result['n_prompts']} prompts, {result['folds']} fold(s)")
+    repeats = result.get("repeats", 1)
+    cv = f"{result['folds']}-fold CV" + (f" × {repeats} split seeds" if repeats > 1 else "")
+    ax.set_title(f"{title}: {result['n_prompts']} prompts, {cv}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
