@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 
 from bench.budget_replay import (
-    DATA_DIR,
-    DIRECTION_SEED,
-    SCORE_SHIFT,
-    load_segments,
     replay_live,
     rho_per_request,
     selection_ratio,
-    stand_in_scores,
     window_report,
 )
 from gateway.budget import BudgetController, BudgetStateError, InMemoryBudgetStore
@@ -40,26 +35,6 @@ def controller(rho: float = 0.3, **kwargs) -> tuple[BudgetController, Clock]:
 
 # ---------------------------------------------------------------- replay of real traffic with drift
 
-REPLAY_SIZES = {"coco": 3000, "parti": 1632, "diffusiondb": 3000}
-
-
-@pytest.fixture(scope="module")
-def replay_scores(request) -> dict[str, np.ndarray]:
-    """Stand-in PRŜ of 3,000 COCO + 1,632 Parti + 3,000 DiffusionDB prompts (MiniLM: cached across runs)."""
-    if not (DATA_DIR / "parti_prompts.tsv").exists():
-        pytest.skip(f"replay data not found under {DATA_DIR} (set ROUTET2I_DATA_DIR)")
-    key = f"routet2i/budget_replay/{DIRECTION_SEED}-{SCORE_SHIFT}-" + "-".join(
-        f"{k}{v}" for k, v in REPLAY_SIZES.items()
-    )
-    cache = getattr(request.config, "cache", None)
-    cached = cache.get(key, None) if cache is not None else None
-    if cached is not None:
-        return {name: np.array(values) for name, values in cached.items()}
-    scores = stand_in_scores(load_segments(REPLAY_SIZES))
-    if cache is not None:
-        cache.set(key, {name: values.tolist() for name, values in scores.items()})
-    return scores
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rho_before, rho_after", [(0.3, 0.5), (0.5, 0.3)])
@@ -67,7 +42,7 @@ def test_live_alpha_holds_rho_on_drifting_traffic_where_fixed_alpha_misses(
     replay_scores, rho_before, rho_after, capsys
 ):
     by_source = replay_scores
-    scores = np.concatenate([by_source[name] for name in REPLAY_SIZES])
+    scores = np.concatenate(list(by_source.values()))
     change = len(scores) // 2
     schedule = [(0, rho_before), (change, rho_after)]
     rho = rho_per_request(len(scores), schedule)

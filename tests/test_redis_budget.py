@@ -217,25 +217,6 @@ def test_redis_unreachable_at_start_serves_locally(tmp_path):
 
 # ---------------------------------------------------------------- several processes, one stream of real prompts
 
-REPLAY_SIZES = {"coco": 3000, "parti": 1632, "diffusiondb": 3000}
-
-
-@pytest.fixture(scope="module")
-def replay_scores(request) -> np.ndarray:
-    """The stand-in PRŜ of tests/test_budget.py's real-prompt replay (COCO → Parti → DiffusionDB), same cache."""
-    from bench.budget_replay import DATA_DIR, DIRECTION_SEED, SCORE_SHIFT, load_segments, stand_in_scores
-
-    if not (DATA_DIR / "parti_prompts.tsv").exists():
-        pytest.skip(f"replay data not found under {DATA_DIR} (set ROUTET2I_DATA_DIR)")
-    key = f"routet2i/budget_replay/{DIRECTION_SEED}-{SCORE_SHIFT}-" + "-".join(
-        f"{k}{v}" for k, v in REPLAY_SIZES.items()
-    )
-    cached = request.config.cache.get(key, None)
-    if cached is None:
-        cached = {name: values.tolist() for name, values in stand_in_scores(load_segments(REPLAY_SIZES)).items()}
-        request.config.cache.set(key, cached)
-    return np.concatenate([np.array(cached[name]) for name in REPLAY_SIZES])
-
 
 def _replica(url: str, prefix: str, scores: list[float], change: tuple[int, float], counter, out) -> None:
     """One replica's budget in its own process: takes the next request of the shared stream until none is left."""
@@ -259,7 +240,7 @@ def test_three_processes_hold_rho_on_one_drifting_stream_of_real_prompts(redis_s
     from bench.budget_replay import window_report
 
     rho_before, rho_after = 0.3, 0.5
-    scores = replay_scores.tolist()
+    scores = np.concatenate(list(replay_scores.values())).tolist()
     change = len(scores) // 2
     RedisBudgetStore.from_url(redis_server.url, prefix=prefix, initial=BudgetSettings(rho_before, None)).settings()
     context = multiprocessing.get_context("spawn")
