@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bench.budget_replay import DATA_DIR, load_segments, replay_live, rho_per_request, window_report
-from bench.markdown import run_note, table, write_section
+from bench.markdown import add_output_arguments, publish, run_note, table
 from bench.router_latency import CHECKPOINT, load_router, score_all
 from router_model.calibrate import calibrate_alpha
 from router_model.data import RoutingExample, import_genai_bench, read_prompts
@@ -199,13 +199,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--change-at", type=int, help="request index of the ρ change (default: mid-stream)")
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--no-markdown", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
-    parser.add_argument("--out", type=Path, help="write the section to this file instead of docs/BENCHMARKS.md")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     text = report(run(args), args)
-    print(text)
-    if not args.no_markdown:
-        print("wrote", write_section("budget-tracking", text, *([args.out] if args.out else [])))
+    publish("budget-tracking", text, args)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 
 from backends.worker import GenerateBody
-from bench.markdown import run_note, table, write_section
+from bench.markdown import add_output_arguments, publish, run_note, table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ROUTET2I_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -383,8 +383,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prompts", type=Path, default=COCO)
     parser.add_argument("--router-prompts", type=int, default=200, help="prompts timing the router alone")
     parser.add_argument("--gateway-log", type=Path, help="keep the gateway's log here")
-    parser.add_argument("--no-markdown", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
-    parser.add_argument("--out", type=Path, help="write the section to this file instead of docs/BENCHMARKS.md")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.command == "worker":
         serve_worker(args.port)
@@ -399,9 +398,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ) as stack:  # fmt: skip
         chosen, results = _run_async(measure(stack, prompts, args.sides, args.concurrency, args.requests, args.rounds))
     text = report(results, router_p50, args, len(chosen))
-    print(text)
-    if not args.no_markdown:
-        print("wrote", write_section("gateway-overhead", text, *([args.out] if args.out else [])))
+    publish("gateway-overhead", text, args)
 
 
 def _run_async(coro):

@@ -82,6 +82,19 @@ def _find(text: str, name: str) -> tuple[int, int] | None:
     return start, end + len(end_marker(name))
 
 
+def add_output_arguments(parser) -> None:
+    """The output flags every benchmark script shares."""
+    parser.add_argument("--no-markdown", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    parser.add_argument("--out", type=Path, help="write the section to this file instead of docs/BENCHMARKS.md")
+
+
+def publish(name: str, text: str, args) -> None:
+    """Print a benchmark's section and, unless --no-markdown, write it into docs/BENCHMARKS.md (or --out)."""
+    print(text)
+    if not args.no_markdown:
+        print("wrote", write_section(name, text, args.out or BENCHMARKS))
+
+
 def write_section(name: str, body: str, path: Path = BENCHMARKS) -> Path:
     """Replace (or add, in `SECTIONS` order) the section `name` of `path` with `body`; the rest is untouched."""
     if name not in SECTIONS:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.markdown import run_note, table, write_section
+from bench.markdown import add_output_arguments, publish, run_note, table
 from router_model.calibrate import calibrate_alpha
 from router_model.data import read_prompts
 from router_model.model import RouteT2IRouter
@@ -244,13 +244,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rho", type=float, default=0.3)
     parser.add_argument("--max-lengths", type=int, nargs="*", default=[32, 16])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--no-markdown", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
-    parser.add_argument("--out", type=Path, help="write the section to this file instead of docs/BENCHMARKS.md")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     text = report(run(args), args)
-    print(text)
-    if not args.no_markdown:
-        print("wrote", write_section("router-latency", text, *([args.out] if args.out else [])))
+    publish("router-latency", text, args)
 
 
 if __name__ == "__main__":
