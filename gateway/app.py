@@ -218,7 +218,7 @@ def create_app(
         decision = gw.would_route(score.prs, body.private)
         return ScoreResponse(
             prs=score.prs, per_metric=score.per_metric, backend=decision.backend, reason=decision.reason,
-            alpha=budget.alpha(), rho=decision.rho,
+            alpha=decision.alpha, rho=decision.rho,
         )  # fmt: skip
 
     def require_admin(credentials: BearerDep) -> None:

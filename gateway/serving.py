@@ -72,10 +72,9 @@ class Gateway:
 
     def would_route(self, prs: float, private: bool) -> Route:
         """The decision the next request with this score would get, without counting it (for /route)."""
-        rho = self.budget.rho
+        rho, alpha = self.budget.rho, self.budget.alpha()
         if private:
-            return Route("edge", "private", prs, None, rho)
-        alpha = self.budget.alpha()
+            return Route("edge", "private", prs, alpha, rho)
         return Route("cloud" if prs < alpha else "edge", "model", prs, alpha, rho)
 
     async def generate(self, body: GenerateRequest) -> Served:
