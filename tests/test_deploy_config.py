@@ -88,8 +88,10 @@ def test_prometheus_and_grafana_wiring_matches_compose():
     mounts = {v.split(":")[1]: DEPLOY / v.split(":")[0] for s in spec["services"].values() for v in s.get("volumes", [])
               if v.startswith(".")}  # fmt: skip
     prometheus = load_docs(DEPLOY / "prometheus" / "prometheus.yml")[0]
+    config_dir = next(Path(m).parent for m, src in mounts.items() if src == DEPLOY / "prometheus" / "prometheus.yml")
     for rule_file in prometheus["rule_files"]:
-        assert rule_file in mounts and mounts[rule_file].is_file(), rule_file
+        in_container = str(config_dir / rule_file)  # Prometheus resolves rule files next to its config
+        assert in_container in mounts and mounts[in_container].is_file(), rule_file
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
     assert targets == ["gateway:8000"] and "8000:8000" in spec["services"]["gateway"]["ports"]
     provisioning = mounts["/etc/grafana/provisioning"]
