@@ -11,9 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from gateway.settings import DEFAULT_ROUTER
 from router_model.data import DatasetError
-
-DEFAULT_ROUTER = Path(__file__).resolve().parents[1] / "router_model" / "checkpoints" / "default"
 
 
 def _fmt(values: list[float]) -> str:
