@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -26,9 +25,9 @@ from fastapi import FastAPI, Request
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from backends.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
+from demo.processes import free_port, spawn, stop, wait_until_ready
+from demo.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
 from gateway.app import create_app
-from gateway.demo import free_port
 from gateway.settings import DEFAULT_ROUTER, Settings
 from router_model.model import RouteT2IRouter
 from tests.servers import LiveServer
@@ -403,21 +402,10 @@ def test_serve_demo_process(models, tmp_path):
     port, log_path = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--demo", "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--demo", "--port", str(port)]
+    process = spawn(command, cwd=tmp_path, env=env, log=log_path)
     try:
-
-        def ready() -> bool:
-            assert process.poll() is None, f"the demo exited ({process.returncode}):\n{log_path.read_text()[-3000:]}"
-            try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        eventually(ready, timeout=60, what="the demo's /readyz")
+        wait_until_ready(url, process, timeout_s=60, log=log_path)
         ready_s = time.monotonic() - started
         text = log_path.read_text()
         token, worker_url = TOKEN_LINE.search(text)[1], WORKER_LINE.search(text)[1]
@@ -430,12 +418,7 @@ def test_serve_demo_process(models, tmp_path):
         assert token not in text.replace(f"demo: admin token: {token}", "")  # printed once, never logged again
         print(f"demo ready in {ready_s:.1f}s")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout_s=30)
     # uvicorn re-raises SIGTERM after its graceful shutdown; the demo's worker must go with the gateway
     assert process.returncode in (0, -signal.SIGTERM), log_path.read_text()[-3000:]
 

@@ -12,6 +12,7 @@ import uuid
 import numpy as np
 import pytest
 
+from demo.processes import free_port
 from gateway.budget import (
     BudgetController,
     BudgetSettings,
@@ -20,7 +21,6 @@ from gateway.budget import (
     RedisBudgetStore,
     redis_client,
 )
-from gateway.demo import free_port
 from gateway.metrics import GatewayMetrics
 from tests.servers import RedisServer
 
