@@ -39,6 +39,7 @@ COPY pyproject.toml README.md ./
 COPY router_model ./router_model
 COPY backends ./backends
 COPY gateway ./gateway
+COPY demo ./demo
 RUN pip install . && python -c "import gateway.app, router_model.model, backends.edge"
 
 # ---------------------------------------------------------------- runtime: the venv only, a non-root user

@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
+MAX_SEED = 2**32 - 1  # seeds are uint32 everywhere a request carries one (edge, worker, HTTP API)
+
 
 @dataclass
 class GenerationRequest:

@@ -26,12 +26,18 @@ from typing import Any
 
 import torch
 
-from backends.base import BackendError, BackendOverloaded, BackendUnavailable, GenerationRequest, GenerationResult
+from backends.base import (
+    MAX_SEED,
+    BackendError,
+    BackendOverloaded,
+    BackendUnavailable,
+    GenerationRequest,
+    GenerationResult,
+)
 from backends.loading import load_pipeline, resolve_device
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**32 - 1
 MAX_SIDE = 4096
 SIZE_MULTIPLE = 8
 

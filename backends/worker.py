@@ -27,8 +27,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from backends.base import BackendError, BackendOverloaded, BackendUnavailable, GenerationRequest, png_bytes
-from backends.edge import MAX_SEED, EdgeBackend
+from backends.base import MAX_SEED, BackendError, BackendOverloaded, BackendUnavailable, GenerationRequest, png_bytes
+from backends.edge import EdgeBackend
 
 log = logging.getLogger(__name__)
 

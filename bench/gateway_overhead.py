@@ -37,6 +37,8 @@ import numpy as np
 
 from backends.worker import GenerateBody
 from bench.markdown import add_output_arguments, publish, run_note, table
+from demo.processes import free_port, spawn, stop, wait_until_ready
+from demo.tiny import build_tiny_sd_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ROUTET2I_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -102,34 +104,6 @@ def serve_worker(port: int) -> None:
 # ---------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    from gateway.demo import free_port as pick
-
-    return pick()
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with status {process.returncode} before it was ready")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{url}: not ready after {timeout_s:.0f} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @dataclass
 class Stack:
     worker_url: str
@@ -138,24 +112,16 @@ class Stack:
     gateway: subprocess.Popen
 
 
-def tiny_edge_pipeline(directory: Path) -> Path:
-    from backends.tiny import build_tiny_sd_pipeline
-
-    if not (directory / "model_index.json").exists():
-        build_tiny_sd_pipeline(directory)
-    return directory
-
-
 @contextlib.contextmanager
 def running_stack(
     workdir: Path, *, rho: float = 1.0, gateway_log: Path | None = None, extra_env: dict[str, str] | None = None
 ) -> Iterator[Stack]:
     """The fixed-image worker and the real gateway (`gateway.cli serve`) as processes on loopback."""
-    edge = tiny_edge_pipeline(workdir / "edge-tiny-sd")
+    edge = build_tiny_sd_pipeline(workdir / "edge-tiny-sd")
     worker_port, gateway_port = free_port(), free_port()
     worker_url, gateway_url = f"http://127.0.0.1:{worker_port}", f"http://127.0.0.1:{gateway_port}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    worker = subprocess.Popen(
+    worker = spawn(
         [sys.executable, "-m", "bench.gateway_overhead", "worker", "--port", str(worker_port)], cwd=ROOT, env=env
     )
     gateway_env = {
@@ -172,19 +138,16 @@ def running_stack(
         "OMP_NUM_THREADS": "1",
         **(extra_env or {}),
     }
-    log = open(gateway_log or os.devnull, "w")  # noqa: SIM115 - closed below, after the process
-    gateway = subprocess.Popen(
+    gateway = spawn(
         [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(gateway_port)],
-        cwd=workdir, env=gateway_env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=workdir, env=gateway_env, log=gateway_log or Path(os.devnull),
     )  # fmt: skip
     try:
-        wait_ready(worker_url, worker)
-        wait_ready(gateway_url, gateway)
+        wait_until_ready(worker_url, worker)
+        wait_until_ready(gateway_url, gateway, log=gateway_log)
         yield Stack(worker_url, gateway_url, worker, gateway)
     finally:
-        stop(gateway)
-        stop(worker)
-        log.close()
+        stop(gateway, worker)
 
 
 # ---------------------------------------------------------------- load

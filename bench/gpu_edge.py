@@ -20,7 +20,7 @@ import torch
 
 from backends.base import GenerationRequest
 from backends.edge import EdgeBackend
-from backends.tiny import build_clip_tokenizer, sd_ddim_scheduler
+from demo.tiny import build_clip_tokenizer, sd_ddim_scheduler
 
 SIZE, STEPS = 512, 25
 

@@ -11,9 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from gateway.settings import DEFAULT_ROUTER
 from router_model.data import DatasetError
-
-DEFAULT_ROUTER = Path(__file__).resolve().parents[1] / "router_model" / "checkpoints" / "default"
 
 
 def _fmt(values: list[float]) -> str:
@@ -274,7 +273,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings()
     worker = None
     if args.demo:
-        from gateway.demo import build_demo_models, demo_settings, free_port, start_worker
+        from demo.processes import free_port
+        from demo.stack import build_demo_models, start_worker
+        from gateway.demo import demo_settings
 
         print("demo: building tiny random pipelines offline (the images are noise; routing is real) ...")
         edge, cloud = build_demo_models()
@@ -289,8 +290,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=10)
+            from demo.processes import stop
+
+            stop(worker, timeout_s=10)
     return 0
 
 

@@ -7,8 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from backends.base import MAX_SEED
+from gateway.budget import Backend, Reason
+
 Route = Literal["auto", "edge", "cloud"]
-Reason = Literal["model", "budget", "forced", "private", "fallback"]
 SIZE_PATTERN = re.compile(r"^(\d{2,4})x(\d{2,4})$")
 MIN_SIDE, MAX_SIDE = 64, 2048
 
@@ -53,14 +55,17 @@ class GenerateRequest(_Strict):
     size: SizeText = "512x512"
     num_inference_steps: int | None = Field(default=None, ge=1, le=150)
     guidance_scale: float | None = Field(default=None, ge=0, le=30)
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     route: Route = Field(default="auto", description="auto: the router decides; edge/cloud: forced.")
     private: bool = Field(default=False, description="true: the prompt never leaves the edge.")
     response_format: Literal["b64_json"] = "b64_json"
 
 
 class RouteInfo(BaseModel):
-    backend: Literal["edge", "cloud"]
+    """The HTTP view of a routing `Decision` (gateway.budget): where the request went and why."""
+
+    model_config = ConfigDict(from_attributes=True)
+    backend: Backend
     reason: Reason
     prs: float | None = Field(description="Predicted PRS of the edge over the cloud (None when not scored).")
     alpha: float | None
@@ -103,7 +108,7 @@ class ScoreRequest(_Strict):
 class ScoreResponse(BaseModel):
     prs: float
     per_metric: dict[str, float]
-    backend: Literal["edge", "cloud"]
+    backend: Backend
     reason: Reason
     alpha: float
     rho: float

@@ -1,14 +1,16 @@
 """One request through the gateway: score, decide, generate, fall back, count.
 
 `Gateway` composes the router (via the scoring service), the budget controller, the two backends
-and the metrics; `app.py` only turns HTTP into calls of `generate` and `score`.
+and the metrics; the HTTP routes (gateway/api/routes/) only turn HTTP into calls of `generate`, `score`
+and `preview`. It knows nothing of HTTP: it takes a `ServeRequest` and raises `GatewayError`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from backends.base import (
     BackendError,
@@ -18,10 +20,9 @@ from backends.base import (
     GenerationResult,
     ImageBackend,
 )
-from gateway.budget import BudgetController
+from gateway.budget import BudgetController, Decision
 from gateway.metrics import GatewayMetrics
 from gateway.routing import PromptScore, ScoringService
-from gateway.schemas import GenerateRequest, parse_size
 
 log = logging.getLogger("routet2i.gateway")
 
@@ -32,22 +33,22 @@ class GatewayError(Exception):
     def __init__(self, status: int, detail: str, *, retry_after: float | None = None, kind: str = "error"):
         super().__init__(detail)
         self.status, self.detail, self.retry_after, self.kind = status, detail, retry_after, kind
-        self.route: Route | None = None  # the route that failed, when not the decided one (the edge after a fallback)
+        self.route: Decision | None = None  # what failed, if not the decided route (the edge after a fallback)
 
 
-@dataclass
-class Route:
-    backend: str  # "edge" | "cloud"
-    reason: str  # model | budget | forced | private | fallback
-    prs: float | None
-    alpha: float | None
-    rho: float
+@dataclass(frozen=True)
+class ServeRequest:
+    """One request to the gateway: what to generate, and who decides where (`route`) or forbids the cloud."""
+
+    generation: GenerationRequest
+    route: Literal["auto", "edge", "cloud"] = "auto"  # auto: the router and the budget decide
+    private: bool = False  # True: the prompt never leaves the edge
 
 
 @dataclass
 class Served:
     result: GenerationResult
-    route: Route
+    route: Decision
 
 
 class Gateway:
@@ -70,21 +71,15 @@ class Gateway:
         self.metrics.observe_router(score.prs, score.latency_s)
         return score
 
-    def would_route(self, prs: float, private: bool) -> Route:
-        """The decision the next request with this score would get, without counting it (for /route)."""
-        rho, alpha = self.budget.rho, self.budget.alpha()
-        if private:
-            return Route("edge", "private", prs, alpha, rho)
-        return Route("cloud" if prs < alpha else "edge", "model", prs, alpha, rho)
+    async def preview(self, prompt: str, private: bool = False) -> tuple[PromptScore, Decision]:
+        """Score a prompt and say where it would go now (caps included), counting nothing (POST /route)."""
+        score = await self.score(prompt)
+        return score, self.budget.preview(score.prs, private=private)
 
-    async def generate(self, body: GenerateRequest) -> Served:
+    async def generate(self, job: ServeRequest) -> Served:
         started = time.perf_counter()
-        width, height = parse_size(body.size)
-        request = GenerationRequest(
-            prompt=body.prompt, negative_prompt=body.negative_prompt, n=body.n, width=width, height=height,
-            num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, seed=body.seed,
-        )  # fmt: skip
-        route, ticket = await self._decide(body)
+        request = job.generation
+        route, ticket = await self._decide(job)
         try:
             served = await self._serve(request, route, ticket)
         except GatewayError as exc:
@@ -99,23 +94,22 @@ class Gateway:
         )
         log.info(
             "served backend=%s reason=%s prs=%s alpha=%s n=%d size=%dx%d seconds=%.3f%s",
-            served.route.backend, served.route.reason, _fmt(served.route.prs), _fmt(served.route.alpha), body.n,
-            width, height, duration, f" prompt={body.prompt!r}" if self.log_prompts else "",
+            served.route.backend, served.route.reason, _fmt(served.route.prs), _fmt(served.route.alpha), request.n,
+            request.width, request.height, duration, f" prompt={request.prompt!r}" if self.log_prompts else "",
         )  # fmt: skip
         return served
 
-    async def _decide(self, body: GenerateRequest) -> tuple[Route, int | None]:
+    async def _decide(self, job: ServeRequest) -> tuple[Decision, int | None]:
         """(route, ticket): the ticket of a counted model decision, None when counted later by `_count`."""
-        rho = self.budget.rho
-        if body.private:
-            return Route("edge", "private", None, None, rho), None
-        if body.route != "auto":
-            return Route(body.route, "forced", None, None, rho), None
-        score = await self.score(body.prompt)
+        if job.private:
+            return Decision("edge", "private", rho=self.budget.rho), None
+        if job.route != "auto":
+            return Decision(job.route, "forced", rho=self.budget.rho), None
+        score = await self.score(job.generation.prompt)
         decision = self.budget.decide(score.prs)
-        return Route(decision.backend, decision.reason, score.prs, decision.alpha, decision.rho), decision.ticket
+        return decision, decision.ticket
 
-    async def _serve(self, request: GenerationRequest, route: Route, ticket: int | None) -> Served:
+    async def _serve(self, request: GenerationRequest, route: Decision, ticket: int | None) -> Served:
         if route.backend == "cloud":
             if self.cloud is None:
                 self.metrics.backend_error("not_configured", "cloud")
@@ -156,12 +150,12 @@ class Gateway:
             )) from exc  # fmt: skip
         return Served(result, route)
 
-    def _fall_back(self, route: Route, ticket: int | None) -> Route:
-        fallback = Route("edge", "fallback", route.prs, route.alpha, route.rho)
+    def _fall_back(self, route: Decision, ticket: int | None) -> Decision:
+        fallback = replace(route, backend="edge", reason="fallback")
         self._count(fallback, ticket, force=True)
         return fallback
 
-    def _count(self, route: Route, ticket: int | None, force: bool = False) -> None:
+    def _count(self, route: Decision, ticket: int | None, force: bool = False) -> None:
         """Record what served the request: model decisions are already counted unless served otherwise."""
         if ticket is not None and not force:
             return

@@ -13,7 +13,7 @@ import pytest
 import redis
 import uvicorn
 
-from gateway.demo import free_port
+from demo.processes import free_port
 
 
 class LiveServer:

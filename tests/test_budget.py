@@ -194,6 +194,20 @@ def test_cost_cap_limits_cloud_calls_per_minute():
     assert ctl.snapshot()["cost_cap_use"] is None
 
 
+def test_preview_applies_the_caps_and_counts_nothing():
+    ctl, clock = controller(0.5, decision_window=10, min_scores=1)
+    assert ctl.preview(0.0) == ctl.preview(0.0)
+    first = ctl.preview(0.0)
+    assert (first.backend, first.reason, first.ticket) == ("cloud", "model", None)
+    assert (ctl.preview(0.0, private=True).backend, ctl.preview(0.0, private=True).reason) == ("edge", "private")
+    assert ctl.preview(0.9).backend == "edge"  # above α: the edge wins
+    assert ctl.snapshot()["decisions"] == 0 and ctl.snapshot()["scores"] == 0  # nothing counted
+    for _ in range(5):  # ⌊0.5·10⌋ = 5 cloud calls fill the window's allowance
+        ctl.record("cloud", "forced", prs=0.2)
+    refused, decided = ctl.preview(0.0), ctl.decide(0.0)
+    assert (refused.backend, refused.reason) == (decided.backend, decided.reason) == ("edge", "budget")
+
+
 def test_forced_private_and_fallback_count_in_realised_fraction():
     ctl, clock = controller(0.5, decision_window=10, min_scores=1)
     for _ in range(5):

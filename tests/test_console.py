@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.demo import free_port
+from demo.processes import free_port
 
 CHROMIUM = os.environ.get("ROUTET2I_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:

@@ -188,7 +188,7 @@ def queried_expressions() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def live_metrics(tmp_path_factory) -> str:
-    from backends.tiny import build_tiny_sd_pipeline
+    from demo.tiny import build_tiny_sd_pipeline
     from gateway.app import create_app
     from tests.servers import LiveServer
 

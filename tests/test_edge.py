@@ -12,7 +12,7 @@ import torch
 
 from backends.base import BackendError, BackendOverloaded, BackendUnavailable, GenerationRequest, ImageBackend
 from backends.edge import EdgeBackend
-from backends.tiny import build_tiny_sd_pipeline
+from demo.tiny import build_tiny_sd_pipeline
 
 
 class Probe:

@@ -23,8 +23,8 @@ from backends.base import png_bytes
 from backends.cloud import WorkerCloudBackend
 from backends.edge import EdgeBackend
 from backends.loading import load_pipeline
-from backends.tiny import build_tiny_sd_pipeline
 from backends.worker import GenerateBody
+from demo.tiny import build_tiny_sd_pipeline
 from gateway.app import create_app
 from gateway.schemas import parse_size
 from gateway.settings import DEFAULT_ROUTER, Settings

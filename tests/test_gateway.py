@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -26,9 +25,9 @@ from fastapi import FastAPI, Request
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from backends.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
+from demo.processes import free_port, spawn, stop, wait_until_ready
+from demo.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
 from gateway.app import create_app
-from gateway.demo import free_port
 from gateway.settings import DEFAULT_ROUTER, Settings
 from router_model.model import RouteT2IRouter
 from tests.servers import LiveServer
@@ -213,6 +212,26 @@ def test_forced_and_private_routes(http, worker):
     assert calls["/v1/generate"] == before + 1  # a private prompt never reached the worker
 
 
+def test_route_preview_applies_the_cost_cap(http, worker):
+    """/route goes through the controller: with the minute's cloud calls used up, a prompt the router sends to the
+    cloud is previewed as ("edge", "budget"), like /generate would serve it."""
+    before = admin_budget(http)
+    prompts = ["cat", "a red bicycle", "a bowl of fruit on a wooden table", "a lighthouse on a cliff", "a dog"]
+    try:
+        assert http.put("/admin/budget", json={"rho": 1.0, "cost_cap_per_minute": 1}, headers=ADMIN).status_code == 200
+        open_cap = {p: http.post("/route", json={"prompt": p}).json() for p in prompts}
+        cloud_bound = [p for p, r in open_cap.items() if r["prs"] < r["alpha"]]
+        assert cloud_bound, f"no test prompt scores under α at ρ = 1: {open_cap}"
+        if admin_budget(http)["cloud_calls_last_minute"] < 1:
+            assert ok(generate(http, "a cat", route="cloud"))["route"]["backend"] == "cloud"  # uses the minute's call
+        for prompt in cloud_bound:
+            capped = http.post("/route", json={"prompt": prompt}).json()
+            assert (capped["backend"], capped["reason"]) == ("edge", "budget"), capped
+    finally:
+        cap = before["cost_cap"] or 0
+        http.put("/admin/budget", json={"rho": before["rho"], "cost_cap_per_minute": cap}, headers=ADMIN)
+
+
 def test_auto_route_is_decided_by_the_router(http, worker):
     """The PRS the router gives a prompt (as /route reports it) and α decide where it goes."""
     scores = {p: http.post("/route", json={"prompt": p}).json() for p in ("cat", "a red bicycle")}
@@ -233,7 +252,9 @@ def test_route_scores_without_generating_or_counting(http, gateway, worker):
     body = response.json()
     assert 0 < body["prs"] < 1
     assert set(body["per_metric"]) == {"alignment"} and all(0 < v < 1 for v in body["per_metric"].values())
-    assert body["backend"] == ("cloud" if body["prs"] < body["alpha"] else "edge") and body["reason"] == "model"
+    assert body["reason"] in ("model", "budget")  # the caps apply to the preview too
+    wants_cloud = body["prs"] < body["alpha"] and body["reason"] == "model"
+    assert body["backend"] == ("cloud" if wants_cloud else "edge")
     assert 0 <= body["alpha"] <= 0.5 and body["rho"] == budget_before["rho"]
     private = http.post("/route", json={"prompt": "a bowl of fruit", "private": True}).json()
     assert (private["backend"], private["reason"]) == ("edge", "private")
@@ -403,21 +424,10 @@ def test_serve_demo_process(models, tmp_path):
     port, log_path = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--demo", "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--demo", "--port", str(port)]
+    process = spawn(command, cwd=tmp_path, env=env, log=log_path)
     try:
-
-        def ready() -> bool:
-            assert process.poll() is None, f"the demo exited ({process.returncode}):\n{log_path.read_text()[-3000:]}"
-            try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        eventually(ready, timeout=60, what="the demo's /readyz")
+        wait_until_ready(url, process, timeout_s=60, log=log_path)
         ready_s = time.monotonic() - started
         text = log_path.read_text()
         token, worker_url = TOKEN_LINE.search(text)[1], WORKER_LINE.search(text)[1]
@@ -430,12 +440,7 @@ def test_serve_demo_process(models, tmp_path):
         assert token not in text.replace(f"demo: admin token: {token}", "")  # printed once, never logged again
         print(f"demo ready in {ready_s:.1f}s")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout_s=30)
     # uvicorn re-raises SIGTERM after its graceful shutdown; the demo's worker must go with the gateway
     assert process.returncode in (0, -signal.SIGTERM), log_path.read_text()[-3000:]
 

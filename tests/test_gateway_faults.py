@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from backends.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
+from demo.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
 from gateway.app import create_app
 from gateway.settings import DEFAULT_ROUTER
 from router_model.model import RouteT2IRouter

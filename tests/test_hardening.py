@@ -28,9 +28,9 @@ from backends.base import png_bytes
 from backends.cloud import WorkerCloudBackend
 from backends.edge import EdgeBackend
 from backends.loading import load_pipeline
-from backends.tiny import build_tiny_sd_pipeline
+from demo.processes import free_port
+from demo.tiny import build_tiny_sd_pipeline
 from gateway.app import create_app
-from gateway.demo import free_port
 from gateway.settings import DEFAULT_ROUTER, Settings
 from router_model.model import RouteT2IRouter
 from tests.servers import LiveServer

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backends.tiny import build_tiny_clip
+from demo.tiny import build_tiny_clip
 from router_model.quality import DEFAULT_METRICS_FILE, MetricsFileError, QualityScorer, load_metrics
 
 

@@ -12,10 +12,16 @@ import uuid
 import numpy as np
 import pytest
 
-from gateway.budget import BudgetController, BudgetSettings, InMemoryBudgetStore
-from gateway.demo import free_port
+from demo.processes import free_port
+from gateway.budget import (
+    BudgetController,
+    BudgetSettings,
+    FailoverBudgetStore,
+    InMemoryBudgetStore,
+    RedisBudgetStore,
+    redis_client,
+)
 from gateway.metrics import GatewayMetrics
-from gateway.redis_store import FailoverBudgetStore, RedisBudgetStore, redis_client
 from tests.servers import RedisServer
 
 

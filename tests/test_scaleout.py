@@ -16,7 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.budget_replay import DATA_DIR
-from gateway.demo import build_demo_models, free_port
+from demo.processes import free_port, spawn, stop, wait_until_ready
+from demo.stack import build_demo_models
 from router_model.data import read_prompts
 from tests.servers import RedisServer
 
@@ -42,20 +43,6 @@ class Cluster:
         response = httpx.post(f"{url}/generate", json=body, timeout=60)
         self.sent[url] = self.sent.get(url, 0) + 1
         return response
-
-
-def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited with status {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -88,21 +75,14 @@ def cluster(tmp_path_factory):
     try:
         for name, (command, env) in commands.items():
             logs[name] = root / f"{name}.log"
-            with logs[name].open("w") as out:
-                processes[name] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            processes[name] = spawn(command, env=env, log=logs[name])
         urls = {"worker": f"http://127.0.0.1:{worker_port}", "a": f"http://127.0.0.1:{port_a}",
                 "b": f"http://127.0.0.1:{port_b}"}  # fmt: skip
         for name, url in urls.items():
-            _wait_ready(url, processes[name], logs[name])
+            wait_until_ready(url, processes[name], log=logs[name])
         yield Cluster(redis_server, urls["a"], urls["b"], multiproc, list(processes.values()), root)
     finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(*processes.values())
         redis_server.stop()
 
 

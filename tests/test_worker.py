@@ -12,8 +12,8 @@ import pytest
 
 from backends.base import BackendError, BackendOverloaded, BackendUnavailable, GenerationRequest
 from backends.cloud import WorkerCloudBackend
-from backends.tiny import build_tiny_sd3_pipeline
 from backends.worker import create_worker_app
+from demo.tiny import build_tiny_sd3_pipeline
 from tests.servers import LiveServer
 
 TOKEN = "worker-secret"

@@ -1,0 +1,14 @@
+"""The HTTP API: FastAPI dependencies (`deps.py`) and one `APIRouter` per concern (`routes/`).
+
+`gateway/app.py` builds the components, puts them on `app.state` and includes `api_router`.
+"""
+
+from fastapi import APIRouter
+
+from gateway.api.routes import admin, console, generate, ops
+
+api_router = APIRouter()
+for module in (generate, admin, ops, console):
+    api_router.include_router(module.router)
+
+__all__ = ["api_router"]

@@ -1,0 +1,63 @@
+"""FastAPI dependencies: the components `create_app` put on `app.state`, and the admin check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from backends.base import ImageBackend
+from gateway.budget import BudgetController
+from gateway.metrics import GatewayMetrics
+from gateway.serving import Gateway
+from gateway.settings import Settings
+
+
+def get_gateway(request: Request) -> Gateway:
+    """The request service; 503 until the lifespan has loaded the router and the edge."""
+    if not hasattr(request.app.state, "gateway"):
+        raise HTTPException(503, "the gateway is starting", headers={"Retry-After": "5"})
+    return request.app.state.gateway
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_budget(request: Request) -> BudgetController:
+    return request.app.state.budget
+
+
+def get_metrics(request: Request) -> GatewayMetrics:
+    return request.app.state.metrics
+
+
+def get_edge(request: Request) -> ImageBackend:
+    return request.app.state.edge
+
+
+def get_cloud(request: Request) -> ImageBackend | None:
+    return request.app.state.cloud
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+BudgetDep = Annotated[BudgetController, Depends(get_budget)]
+MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+EdgeDep = Annotated[ImageBackend, Depends(get_edge)]
+CloudDep = Annotated[ImageBackend | None, Depends(get_cloud)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+
+
+def require_admin(settings: SettingsDep, credentials: BearerDep) -> None:
+    """404 while no admin token is set, 401 without a bearer token, 403 with a wrong one."""
+    if settings.admin_token is None:
+        raise HTTPException(404, "the admin endpoint is off: set ROUTET2I_ADMIN_TOKEN to enable it")
+    if credentials is None:
+        raise HTTPException(401, "admin token required: Authorization: Bearer <token>",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    expected = settings.admin_token.get_secret_value().encode()
+    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise HTTPException(403, "wrong admin token")

@@ -1,0 +1,1 @@
+"""One `APIRouter` per concern: generate (images and /route), admin (the budget), ops (health, metrics), console."""

@@ -1,0 +1,36 @@
+"""The live budget: read it, change ρ and the cost cap (bearer token; every change is audited)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, Request
+
+from gateway.api.deps import BudgetDep, require_admin
+from gateway.schemas import BudgetUpdate
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+audit = logging.getLogger("routet2i.audit")
+
+
+@router.get("/budget")
+async def get_budget(budget: BudgetDep) -> dict:
+    """ρ, α, the windowed cloud fraction and cost-cap use."""
+    return budget.snapshot()
+
+
+@router.put("/budget")
+async def put_budget(body: BudgetUpdate, request: Request, budget: BudgetDep) -> dict:
+    """Change ρ and/or the cost cap (0 removes it); effective on the next request, persisted."""
+    before = budget.snapshot()
+    if body.rho is not None:
+        budget.set_rho(body.rho)
+    if body.cost_cap_per_minute is not None:
+        budget.set_cost_cap(body.cost_cap_per_minute or None)
+    after = budget.snapshot()
+    audit.warning(
+        "admin budget change from %s: rho %s -> %s, cost_cap %s -> %s",
+        request.client.host if request.client else "?", before["rho"], after["rho"], before["cost_cap"],
+        after["cost_cap"],
+    )  # fmt: skip
+    return after

@@ -1,0 +1,90 @@
+"""Image generation (native and OpenAI-shaped) and the routing preview."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+from fastapi import APIRouter, Request, Response
+
+from backends.base import GenerationRequest, result_pngs
+from gateway.api.deps import GatewayDep
+from gateway.schemas import (
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    ImageData,
+    OpenAIImageRequest,
+    OpenAIImageResponse,
+    RouteInfo,
+    ScoreRequest,
+    ScoreResponse,
+    parse_size,
+)
+from gateway.serving import Served, ServeRequest
+
+router = APIRouter()
+
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "Refused by the cloud provider's content filter"},
+    411: {"model": ErrorResponse, "description": "Chunked body without Content-Length"},
+    413: {"model": ErrorResponse, "description": "Body larger than max_body_bytes"},
+    429: {"model": ErrorResponse, "description": "Too many requests in flight; see Retry-After"},
+    503: {"model": ErrorResponse, "description": "Backend busy or failed; see Retry-After"},
+}
+
+
+def serve_request(body: GenerateRequest) -> ServeRequest:
+    """The service's request for an HTTP body (the size already validated by the schema)."""
+    width, height = parse_size(body.size)
+    generation = GenerationRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, n=body.n, width=width, height=height,
+        num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, seed=body.seed,
+    )  # fmt: skip
+    return ServeRequest(generation, route=body.route, private=body.private)
+
+
+def route_headers(response: Response, served: Served) -> None:
+    response.headers["X-Route-Backend"] = served.route.backend
+    response.headers["X-Route-Reason"] = served.route.reason
+
+
+async def images(served: Served) -> list[ImageData]:
+    """Base64 PNGs: a cloud worker's bytes as received; edge images encoded off the event loop."""
+    result = served.result
+    pngs = result.png if result.png is not None else await asyncio.to_thread(result_pngs, result)
+    return [ImageData(b64_json=base64.b64encode(png).decode()) for png in pngs]
+
+
+@router.post("/generate", response_model=GenerateResponse, responses=ERRORS, tags=["images"])
+async def generate(body: GenerateRequest, request: Request, response: Response, gw: GatewayDep) -> GenerateResponse:
+    """Generate images; the router decides edge or cloud unless `route` or `private` says otherwise."""
+    request.state.counted = True  # Gateway.generate counts it in the metrics, whatever the outcome
+    served = await gw.generate(serve_request(body))
+    route_headers(response, served)
+    return GenerateResponse(
+        created=int(time.time()), data=await images(served), seed=served.result.seed,
+        route=RouteInfo.model_validate(served.route),
+    )  # fmt: skip
+
+
+@router.post("/v1/images/generations", response_model=OpenAIImageResponse, responses=ERRORS, tags=["images"])
+async def openai_generations(
+    body: OpenAIImageRequest, request: Request, response: Response, gw: GatewayDep
+) -> OpenAIImageResponse:
+    """OpenAI Images API shape, served through the same routing as /generate."""
+    request.state.counted = True
+    served = await gw.generate(serve_request(GenerateRequest(prompt=body.prompt, n=body.n, size=body.size)))
+    route_headers(response, served)
+    return OpenAIImageResponse(created=int(time.time()), data=await images(served))
+
+
+@router.post("/route", response_model=ScoreResponse, tags=["routing"])
+async def route(body: ScoreRequest, gw: GatewayDep) -> ScoreResponse:
+    """Score a prompt and say where it would go now (the budget's caps included); generates and counts nothing."""
+    score, decision = await gw.preview(body.prompt, private=body.private)
+    return ScoreResponse(
+        prs=score.prs, per_metric=score.per_metric, backend=decision.backend, reason=decision.reason,
+        alpha=decision.alpha, rho=decision.rho,
+    )  # fmt: skip

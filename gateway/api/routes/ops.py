@@ -1,0 +1,58 @@
+"""Operations: liveness, readiness, Prometheus metrics and the status numbers of the console."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from backends.base import ImageBackend
+from gateway.api.deps import BudgetDep, CloudDep, EdgeDep, MetricsDep, SettingsDep
+from gateway.budget import BudgetController
+from gateway.metrics import GatewayMetrics
+
+router = APIRouter()
+
+
+def sample_gauges(metrics: GatewayMetrics, budget: BudgetController, edge: ImageBackend) -> None:
+    """Set the gauges that are read, not counted: the budget snapshot and the edge queue depth."""
+    metrics.set_budget(budget.snapshot())
+    if hasattr(edge, "queue_depth"):
+        metrics.set_queue_depth(edge.queue_depth())
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus(metrics: MetricsDep, budget: BudgetDep, edge: EdgeDep) -> Response:
+    sample_gauges(metrics, budget, edge)
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/v1/status", tags=["ops"])
+async def status(request: Request, budget: BudgetDep, edge: EdgeDep, cloud: CloudDep, settings: SettingsDep) -> dict:
+    """Live numbers for dashboards and the console page: budget, readiness, queue depth (no secrets)."""
+    return {
+        "time": time.time(),
+        "budget": budget.snapshot(),
+        "ready": hasattr(request.app.state, "gateway") and edge.ready(),
+        "cloud_configured": cloud is not None,
+        "edge_queue_depth": edge.queue_depth() if hasattr(edge, "queue_depth") else None,
+        "admin_enabled": settings.admin_token is not None,
+    }
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+async def readyz(request: Request, edge: EdgeDep, cloud: CloudDep) -> JSONResponse:
+    parts = {
+        "router": hasattr(request.app.state, "gateway"),
+        "edge": edge.ready(),
+        "cloud": cloud.ready() if cloud is not None else None,
+    }
+    ready = parts["router"] and parts["edge"]
+    return JSONResponse({"ready": ready, **parts}, status_code=200 if ready else 503)
