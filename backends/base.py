@@ -96,3 +96,9 @@ def image_from_bytes(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def compute_units(width: int, height: int, steps: int, n: int = 1) -> int:
+    """The work a request asks for, pixels × denoising steps × images: what one generation costs, to the
+    first order, on any diffusion backend (512×512, 25 steps, one image: 6,553,600)."""
+    return width * height * steps * n

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -66,6 +67,13 @@ def spawn(
     finally:
         if out is not None:
             out.close()  # the child holds its own descriptor
+
+
+def reap_when_exits(process: subprocess.Popen) -> subprocess.Popen:
+    """Wait for `process` in a daemon thread, so that it is reaped as soon as it exits, however it dies (a
+    SIGKILLed worker would otherwise stay <defunct> for as long as this process runs). `stop` still works."""
+    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
+    return process
 
 
 def _log_tail(log: Path | None) -> str:

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from backends.worker import TOKEN_ENV
-from demo.processes import spawn, wait_until_ready
+from demo.processes import reap_when_exits, spawn, wait_until_ready
 from demo.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
 
 DEMO_DIR = Path(tempfile.gettempdir()) / "routet2i-demo-v2"  # bump when demo/tiny.py changes
@@ -34,5 +34,6 @@ def launch_worker(model: Path, token: str, port: int) -> subprocess.Popen:
 
 
 def start_worker(model: Path, token: str, port: int, timeout_s: float = 120.0) -> subprocess.Popen:
-    """`launch_worker`, then wait until its /readyz answers."""
-    return wait_until_ready(f"http://127.0.0.1:{port}", launch_worker(model, token, port), timeout_s=timeout_s)
+    """`launch_worker`, then wait until its /readyz answers; it is reaped as soon as it exits."""
+    worker = reap_when_exits(launch_worker(model, token, port))
+    return wait_until_ready(f"http://127.0.0.1:{port}", worker, timeout_s=timeout_s)

@@ -10,15 +10,18 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from backends.base import ImageBackend
 from gateway.api import api_router
+from gateway.api.auth_failures import AuthFailures
 from gateway.api.routes.console import STATIC_DIR
 from gateway.api.routes.ops import sample_gauges
 from gateway.budget import BudgetController, BudgetStore, FailoverBudgetStore, InMemoryBudgetStore, RedisBudgetStore
 from gateway.guard import RequestGuard
+from gateway.headers import SecurityHeaders
 from gateway.metrics import GatewayMetrics, ensure_multiprocess_dir, multiprocess_dir
 from gateway.routing import PromptScorer, ScoringService
 from gateway.serving import Gateway, GatewayError
@@ -110,8 +113,10 @@ def create_app(
         if hasattr(edge, "load"):
             await edge.load()
         app.state.gateway = Gateway(
-            scoring=scoring, budget=budget, metrics=metrics, edge=edge, cloud=cloud, log_prompts=settings.log_prompts
-        )
+            scoring=scoring, budget=budget, metrics=metrics, edge=edge, cloud=cloud, log_prompts=settings.log_prompts,
+            max_compute_units=settings.max_compute_units, default_steps=settings.edge_default_steps,
+            forced_cloud_may_exceed_rho=settings.forced_cloud_may_exceed_rho,
+        )  # fmt: skip
         log.info("gateway ready: ρ=%.3f, cloud=%s", budget.rho, settings.cloud_kind if cloud else "none")
         stop_refresh = None
         if multiprocess_dir() is not None:  # keep this worker's gauges current between scrapes of any worker
@@ -126,19 +131,45 @@ def create_app(
                 if backend is not None:
                     await backend.aclose()
 
-    app = FastAPI(title="RouteT2I gateway", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc would load Swagger UI / ReDoc from a CDN: off (the schema is at /openapi.json).
+    # No trailing-slash redirects: Starlette builds them from the Host header (GET /static → http://<Host>/static/).
+    app = FastAPI(
+        title="RouteT2I gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+        redirect_slashes=False,
+    )  # fmt: skip
     app.state.settings, app.state.budget, app.state.metrics = settings, budget, metrics
     app.state.edge, app.state.cloud = edge, cloud
     app.state.in_flight = 0
+    app.state.admin_auth_failures = AuthFailures(settings.admin_auth_failures_per_minute)
     app.add_middleware(
         RequestGuard, metrics=metrics, max_body_bytes=settings.max_body_bytes, max_in_flight=settings.max_in_flight,
-        state=app.state,
+        state=app.state, body_read_timeout_s=settings.body_read_timeout_s, max_header_bytes=settings.max_header_bytes,
     )  # fmt: skip
+    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(api_router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each problem's type, location and message, never the input: it may be a private prompt, and
+    what could not be validated may not be encodable at all."""
+    errors = [
+        {"type": _text(error.get("type")), "loc": [_text(part) for part in error.get("loc", ())],
+         "msg": _text(error.get("msg"))}
+        for error in exc.errors()
+    ]  # fmt: skip
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def _text(value: object) -> str | int:
+    """A location part or message that any JSON encoder can write (unpaired surrogates escaped)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:

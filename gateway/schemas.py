@@ -1,8 +1,14 @@
-"""Request and response models of the HTTP API: the single source of the OpenAPI schema."""
+"""Request and response models of the HTTP API: the single source of the OpenAPI schema.
+
+Requests are validated strictly: no type coercion (`true` is not 1.0, `"0.5"` is not a number), finite
+numbers only, no unknown fields, sizes of ASCII digits only, prompts with visible text.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -11,13 +17,13 @@ from backends.base import MAX_SEED
 from gateway.budget import Backend, Reason
 
 Route = Literal["auto", "edge", "cloud"]
-SIZE_PATTERN = re.compile(r"^(\d{2,4})x(\d{2,4})$")
+SIZE_PATTERN = re.compile(r"([0-9]{2,4})x([0-9]{2,4})")  # whole string, ASCII digits (fullmatch)
 MIN_SIDE, MAX_SIDE = 64, 2048
 
 
 def parse_size(size: str) -> tuple[int, int]:
     """'WxH' → (width, height); sides are multiples of 8 within [64, 2048]."""
-    match = SIZE_PATTERN.match(size)
+    match = SIZE_PATTERN.fullmatch(size)
     if not match:
         raise ValueError("size must look like '512x512' (width x height in pixels)")
     width, height = int(match[1]), int(match[2])
@@ -28,8 +34,15 @@ def parse_size(size: str) -> tuple[int, int]:
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("prompt must contain non-whitespace text")
+    """Some visible text: a letter, digit, punctuation or symbol (not only spaces or zero-width characters)."""
+    if not any(unicodedata.category(char)[0] in "LNPS" for char in value):
+        raise ValueError("prompt must contain visible text (not only whitespace or zero-width characters)")
+    return value
+
+
+def _not_negative_zero(value: float | None) -> float | None:
+    if value is not None and value == 0 and math.copysign(1.0, value) < 0:
+        raise ValueError("-0.0 is not accepted: send 0")
     return value
 
 
@@ -45,7 +58,7 @@ SizeText = Annotated[str, Field(description="'WxH', sides multiples of 8 in [64,
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GenerateRequest(_Strict):
@@ -54,7 +67,9 @@ class GenerateRequest(_Strict):
     n: int = Field(default=1, ge=1, le=4, description="Number of images.")
     size: SizeText = "512x512"
     num_inference_steps: int | None = Field(default=None, ge=1, le=150)
-    guidance_scale: float | None = Field(default=None, ge=0, le=30)
+    guidance_scale: Annotated[
+        float | None, Field(default=None, ge=0, le=30, allow_inf_nan=False), AfterValidator(_not_negative_zero)
+    ] = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     route: Route = Field(default="auto", description="auto: the router decides; edge/cloud: forced.")
     private: bool = Field(default=False, description="true: the prompt never leaves the edge.")
@@ -83,16 +98,29 @@ class GenerateResponse(BaseModel):
     route: RouteInfo
 
 
-class OpenAIImageRequest(BaseModel):
-    """The fields of OpenAI's `POST /v1/images/generations` this gateway honours; others are ignored."""
+def _no_user(value: str | None) -> str | None:
+    if value is not None:
+        raise ValueError(
+            "user: per-end-user attribution is not supported by this gateway (nothing would honour it); drop the "
+            "field, and send private: true for prompts that must not leave the edge"
+        )
+    return value
 
-    model_config = ConfigDict(extra="ignore")
+
+class OpenAIImageRequest(_Strict):
+    """OpenAI's `POST /v1/images/generations`: every field is honoured or refused with 422, none ignored.
+    `model` picks the route ("auto" or unset: the router; "edge"/"cloud": forced, the budget's caps apply)."""
+
     prompt: PromptText
     n: int = Field(default=1, ge=1, le=4)
     size: SizeText = "512x512"
     response_format: Literal["b64_json"] = "b64_json"
-    model: str | None = None
-    user: str | None = None
+    model: Route | None = Field(default=None, description="auto (or unset): the router decides; edge/cloud: forced.")
+    private: bool = Field(default=False, description="true: the prompt never leaves the edge.")
+    user: Annotated[
+        str | None, Field(default=None, description="Not supported: any value is refused (422)."),
+        AfterValidator(_no_user),
+    ] = None  # fmt: skip
 
 
 class OpenAIImageResponse(BaseModel):
@@ -115,7 +143,11 @@ class ScoreResponse(BaseModel):
 
 
 class BudgetUpdate(_Strict):
-    rho: float | None = Field(default=None, ge=0, le=1, description="Cloud share budget ρ in [0, 1].")
+    rho: Annotated[
+        float | None,
+        Field(default=None, ge=0, le=1, allow_inf_nan=False, description="Cloud share budget ρ in [0, 1]."),
+        AfterValidator(_not_negative_zero),
+    ] = None
     cost_cap_per_minute: int | None = Field(
         default=None, ge=0, description="Ceiling on cloud calls per minute on top of ρ; send 0 to remove it."
     )

@@ -7,6 +7,7 @@ and `preview`. It knows nothing of HTTP: it takes a `ServeRequest` and raises `G
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -19,12 +20,14 @@ from backends.base import (
     GenerationRequest,
     GenerationResult,
     ImageBackend,
+    compute_units,
 )
 from gateway.budget import BudgetController, Decision
 from gateway.metrics import GatewayMetrics
 from gateway.routing import PromptScore, ScoringService
 
 log = logging.getLogger("routet2i.gateway")
+CLIENT_CLOSED = 499  # the status a request is counted with when its client went away before the response
 
 
 class GatewayError(Exception):
@@ -61,10 +64,17 @@ class Gateway:
         edge: ImageBackend,
         cloud: ImageBackend | None,
         log_prompts: bool = False,
+        max_compute_units: int | None = None,
+        default_steps: int = 25,
+        forced_cloud_may_exceed_rho: bool = False,
     ):
+        """`max_compute_units`: the most work one request may ask for (`backends.base.compute_units`, with
+        `default_steps` for a request that leaves the steps to the backend); None: no limit."""
         self.scoring, self.budget, self.metrics = scoring, budget, metrics
         self.edge, self.cloud = edge, cloud
         self.log_prompts = log_prompts
+        self.max_compute_units, self.default_steps = max_compute_units, default_steps
+        self.forced_cloud_may_exceed_rho = forced_cloud_may_exceed_rho
 
     async def score(self, prompt: str) -> PromptScore:
         score = await self.scoring.score(prompt)
@@ -77,16 +87,22 @@ class Gateway:
         return score, self.budget.preview(score.prs, private=private)
 
     async def generate(self, job: ServeRequest) -> Served:
+        """Serve one request; cancelling the calling task (its client went away) cancels the generation too,
+        and the request is counted with status 499."""
         started = time.perf_counter()
         request = job.generation
-        route, ticket = await self._decide(job)
+        route: Decision | None = None
         try:
+            self._check_compute(request)
+            route, ticket = await self._decide(job)
             served = await self._serve(request, route, ticket)
-        except GatewayError as exc:
-            failed, duration = exc.route or route, time.perf_counter() - started
+        except (GatewayError, asyncio.CancelledError) as exc:
+            status = exc.status if isinstance(exc, GatewayError) else CLIENT_CLOSED
+            failed = (exc.route if isinstance(exc, GatewayError) else None) or route
             self.metrics.observe_request(
-                backend=failed.backend, reason=failed.reason, status=exc.status, duration_s=duration
-            )
+                backend=failed.backend if failed else None, reason=failed.reason if failed else None, status=status,
+                duration_s=time.perf_counter() - started,
+            )  # fmt: skip
             raise
         duration = time.perf_counter() - started
         self.metrics.observe_request(
@@ -99,12 +115,29 @@ class Gateway:
         )  # fmt: skip
         return served
 
+    def _check_compute(self, request: GenerationRequest) -> None:
+        """422 for a request asking for more work than `max_compute_units`, naming the fields to lower."""
+        if self.max_compute_units is None:
+            return
+        steps = request.num_inference_steps or self.default_steps
+        units = compute_units(request.width, request.height, steps, request.n)
+        if units > self.max_compute_units:
+            raise GatewayError(
+                422,
+                f"size × num_inference_steps × n = {request.width}×{request.height} × {steps} × {request.n} = "
+                f"{units:,} compute units, more than max_compute_units = {self.max_compute_units:,}: lower size, "
+                "num_inference_steps or n",
+                kind="too_much_compute",
+            )
+
     async def _decide(self, job: ServeRequest) -> tuple[Decision, int | None]:
-        """(route, ticket): the ticket of a counted model decision, None when counted later by `_count`."""
+        """(route, ticket): the ticket of a counted decision (model or forced), None when counted later by `_count`.
+        A forced cloud request obeys the budget's hard caps (refused: the edge, reason "budget")."""
         if job.private:
             return Decision("edge", "private", rho=self.budget.rho), None
         if job.route != "auto":
-            return Decision(job.route, "forced", rho=self.budget.rho), None
+            decision = self.budget.force(job.route, may_exceed_rho=self.forced_cloud_may_exceed_rho)
+            return decision, decision.ticket
         score = await self.score(job.generation.prompt)
         decision = self.budget.decide(score.prs)
         return decision, decision.ticket

@@ -71,6 +71,20 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(False, description="Log prompt text (off: prompts can be private).")
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_in_flight: int = Field(256, ge=1, description="Generation requests in flight before 429.")
+    body_read_timeout_s: float = Field(
+        10.0, gt=0, description="A request body not complete within this many seconds gets 408 (slow senders)."
+    )
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="Request headers larger than this get 431.")
+    max_compute_units: int = Field(
+        1024 * 1024 * 50 * 4, ge=64 * 64,
+        description="Most work per request, width × height × steps × n (steps unset: edge_default_steps) → 422.",
+    )  # fmt: skip
+    forced_cloud_may_exceed_rho: bool = Field(
+        False, description='true: {"route": "cloud"} may exceed ρ\'s window cap (never the cost cap).'
+    )
+    admin_auth_failures_per_minute: int = Field(
+        10, ge=1, description="Wrong admin tokens per client address and minute before 429 (audited)."
+    )
     demo: bool = False
 
     @classmethod

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hmac
+import logging
+import math
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from backends.base import ImageBackend
+from gateway.api.auth_failures import AuthFailures
 from gateway.budget import BudgetController
 from gateway.metrics import GatewayMetrics
 from gateway.serving import Gateway
 from gateway.settings import Settings
+
+audit = logging.getLogger("routet2i.audit")
 
 
 def get_gateway(request: Request) -> Gateway:
@@ -51,13 +56,21 @@ CloudDep = Annotated[ImageBackend | None, Depends(get_cloud)]
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
 
 
-def require_admin(settings: SettingsDep, credentials: BearerDep) -> None:
-    """404 while no admin token is set, 401 without a bearer token, 403 with a wrong one."""
+def require_admin(request: Request, settings: SettingsDep, credentials: BearerDep) -> None:
+    """404 while no admin token is set, 401 without a bearer token, 403 with a wrong one (audited), 429 for an
+    address that sent too many wrong ones in the last minute (`admin_auth_failures_per_minute`)."""
     if settings.admin_token is None:
         raise HTTPException(404, "the admin endpoint is off: set ROUTET2I_ADMIN_TOKEN to enable it")
+    failures: AuthFailures = request.app.state.admin_auth_failures
+    client = request.client.host if request.client else "unknown"
+    if (wait := failures.retry_after(client)) is not None:
+        raise HTTPException(429, "too many wrong admin tokens from this address; retry later",
+                            headers={"Retry-After": str(math.ceil(wait))})  # fmt: skip
     if credentials is None:
         raise HTTPException(401, "admin token required: Authorization: Bearer <token>",
                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
     expected = settings.admin_token.get_secret_value().encode()
-    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+    if not hmac.compare_digest(credentials.credentials.encode("utf-8", "surrogateescape"), expected):
+        count = failures.record(client)
+        audit.warning("admin auth failed from %s: wrong token (%d in the last minute)", client, count)
         raise HTTPException(403, "wrong admin token")

@@ -18,8 +18,9 @@ Two hard caps are enforced when a decision is committed:
   earning the ρ in force when it came (⌊ρ·W⌋ while ρ is constant; after a ρ change the allowance
   moves from old to new over W requests, so every window lying after the change is held to the new ρ);
 - cost: at most `cost_cap` cloud calls in the last 60 s.
-A request the model sends to the cloud but a cap refuses goes to the edge with reason "budget".
-Forced, private and fallback requests are counted like the others (never refused).
+A request the model sends to the cloud but a cap refuses goes to the edge with reason "budget"; so does a
+request its caller forces to the cloud (`force`; a setting may let it exceed the window cap, never the cost cap).
+Private and fallback requests are counted like the others (never refused).
 
 State lives in a `BudgetStore`. Every write that must not interleave with another replica is one
 store call (`commit`: push the score, check the caps, append the decision, move the credit), so a
@@ -43,8 +44,9 @@ class BudgetController:
     Use: `d = controller.decide(prs)` for a request the router decides (the decision is counted at
     once, so concurrent requests cannot overspend), then `controller.record(backend, reason,
     ticket=d.ticket)` only if it was served otherwise (cloud failed → ("edge", "fallback")).
-    Requests routed without `decide` (forced, private) are counted with `record(backend, reason,
-    prs=...)`, no ticket; they are never refused, they only lower what the model may send later.
+    Requests forced by their caller are decided by `force` (the caps apply to a forced cloud call); private
+    ones are counted with `record(backend, reason, prs=...)`, no ticket: never refused, they only lower what
+    the model may send later.
     """
 
     def __init__(
@@ -109,7 +111,9 @@ class BudgetController:
 
     # ------------------------------------------------------------ decisions
 
-    def _commit(self, backend: str, reason: str, prs: float | None, now: float, enforce_caps: bool) -> Decision:
+    def _commit(
+        self, backend: str, reason: str, prs: float | None, now: float, enforce_caps: bool, window_cap: bool = True
+    ) -> Decision:
         return self.store.commit(
             backend=backend,
             reason=reason,
@@ -117,6 +121,7 @@ class BudgetController:
             now=now,
             policy=self.policy,
             enforce_caps=enforce_caps,
+            window_cap=window_cap,
         )
 
     def decide(self, prs: float) -> Decision:
@@ -127,6 +132,14 @@ class BudgetController:
         alpha = self._alpha(state)
         kept = self._commit("cloud" if prs < alpha else "edge", "model", prs, now, enforce_caps=True)
         return replace(kept, prs=prs, alpha=alpha, rho=state.rho)
+
+    def force(self, backend: str, *, may_exceed_rho: bool = False) -> Decision:
+        """A request its caller forced to `backend` (`route`: edge or cloud), counted at once like `decide`.
+        Forced to the cloud it obeys the hard caps (the window cap unless `may_exceed_rho`, the cost cap
+        always): refused, it goes to the edge with reason "budget". Served otherwise later: `record` with its ticket."""
+        now = self.clock()
+        kept = self._commit(backend, "forced", None, now, enforce_caps=True, window_cap=not may_exceed_rho)
+        return replace(kept, rho=self.store.settings().rho)
 
     def preview(self, prs: float, *, private: bool = False) -> Decision:
         """The decision a request with this score would get now, caps included, without counting it (POST /route).

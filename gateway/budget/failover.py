@@ -164,12 +164,14 @@ class FailoverBudgetStore:
         now: float,
         policy: WindowPolicy,
         enforce_caps: bool,
+        window_cap: bool = True,
     ) -> Decision:
         validate_choice(backend, reason)
         if self._shared_ready():
             kept = self._try(
                 lambda: self.shared.commit(
-                    backend=backend, reason=reason, prs=prs, now=now, policy=policy, enforce_caps=enforce_caps
+                    backend=backend, reason=reason, prs=prs, now=now, policy=policy, enforce_caps=enforce_caps,
+                    window_cap=window_cap,
                 )
             )
             if kept is not None:
@@ -179,7 +181,8 @@ class FailoverBudgetStore:
                 self._remember_ticket(kept.ticket, mirror.ticket, 2 * policy.decision_window)
                 return kept
         alone = self.local.commit(
-            backend=backend, reason=reason, prs=prs, now=now, policy=policy, enforce_caps=enforce_caps
+            backend=backend, reason=reason, prs=prs, now=now, policy=policy, enforce_caps=enforce_caps,
+            window_cap=window_cap,
         )
         return replace(alone, ticket=-alone.ticket)
 

@@ -24,8 +24,10 @@ local function window_cloud_limit(allowance_micro, decisions, decision_window, r
   local allowance = allowance_micro / 1000000 + math.max(decision_window - decisions, 0) * rho
   return math.floor(allowance + 1e-6)
 end
-local function caps_refuse(cloud, allowance_micro, decisions, decision_window, rho, cloud_last_minute, cost_cap)
-  local over_window = cloud + 1 > window_cloud_limit(allowance_micro, decisions, decision_window, rho)
+local function caps_refuse(cloud, allowance_micro, decisions, decision_window, rho, cloud_last_minute, cost_cap,
+                           window_cap)
+  local over_window = window_cap ~= false
+    and cloud + 1 > window_cloud_limit(allowance_micro, decisions, decision_window, rho)
   local over_minute = cost_cap ~= nil and cloud_last_minute + 1 > cost_cap
   return over_window or over_minute
 end
@@ -83,7 +85,7 @@ return {fmt(rho), redis.call('HGET', KEYS[1], 'cost_cap') or '', redis.call('ZCA
 )
 
 # ARGV[5..] = backend, reason, prs ("" = none), now, period, score_window, decision_window, credit_limit,
-#             credit_margin, enforce_caps ("1"/"0")
+#             credit_margin, enforce_caps ("1"/"0"), window_cap ("1"/"0": "0" = the cost cap only)
 COMMIT = (
     SEED
     + """
@@ -91,6 +93,7 @@ local backend, reason, prs = ARGV[5], ARGV[6], ARGV[7]
 local now, period = tonumber(ARGV[8]), tonumber(ARGV[9])
 local score_window, decision_window = tonumber(ARGV[10]), tonumber(ARGV[11])
 local credit_limit, credit_margin, enforce = tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14] == '1'
+local window_cap = ARGV[15] ~= '0'
 if prs ~= '' then
   local seq = redis.call('HINCRBY', KEYS[2], 'score_seq', 1)
   redis.call('ZADD', KEYS[3], prs, seq)
@@ -108,7 +111,8 @@ while redis.call('LLEN', KEYS[5]) > decision_window - 1 do
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', fmt(now - period))
 if backend == 'cloud' and enforce and caps_refuse(counter('cloud'), counter('allowance'), redis.call('LLEN', KEYS[5]),
-                                                 decision_window, rho, redis.call('ZCARD', KEYS[7]), cost_cap) then
+                                                 decision_window, rho, redis.call('ZCARD', KEYS[7]), cost_cap,
+                                                 window_cap) then
   backend, reason = 'edge', 'budget'
 end
 local ticket = redis.call('HINCRBY', KEYS[2], 'next_ticket', 1)

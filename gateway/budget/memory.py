@@ -36,6 +36,21 @@ class _Entry:
     allowance: int  # ρ in force when it came, in millionths
 
 
+def check_writable(path: Path) -> None:
+    """Raise `BudgetStateError` (at start, naming the file) when the state file could not be written later:
+    its folder cannot be made or no file can be created in it (every admin change would fail)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=path.name + ".", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BudgetStateError(
+            f"{path}: the budget state file cannot be written there ({type(exc).__name__}: {exc.strerror or exc}); "
+            "fix the permissions or set ROUTET2I_STATE_FILE to a writable path"
+        ) from exc
+
+
 class InMemoryBudgetStore:
     """One-process store (thread-safe; every call is short and never awaits, so it is async-safe too).
 
@@ -51,6 +66,8 @@ class InMemoryBudgetStore:
         self._path = Path(state_path) if state_path is not None else None
         self._settings = BudgetSettings(rho, cost_cap)
         self._stamp: tuple[int, int] | None = None  # (mtime ns, size) of the state file last read or written
+        if self._path is not None:
+            check_writable(self._path)
         if self._path is not None and self._path.exists():
             self._settings = self._read_state(self._path)
             self._stamp = self._file_stamp()
@@ -201,6 +218,7 @@ class InMemoryBudgetStore:
         now: float,
         policy: WindowPolicy,
         enforce_caps: bool,
+        window_cap: bool = True,
     ) -> Decision:
         validate_choice(backend, reason)
         with self._lock:
@@ -211,7 +229,7 @@ class InMemoryBudgetStore:
             if backend == "cloud" and enforce_caps and caps_refuse(
                 cloud=state.cloud, allowance_micro=state.allowance_micro, decisions=state.decisions,
                 decision_window=policy.decision_window, rho=state.rho, cloud_last_minute=state.cloud_last_minute,
-                cost_cap=state.cost_cap,
+                cost_cap=state.cost_cap, window_cap=window_cap,
             ):  # fmt: skip
                 backend, reason = "edge", "budget"
             entry = _Entry(self._next_ticket, backend, reason, round(state.rho * MICRO))

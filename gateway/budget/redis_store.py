@@ -153,6 +153,7 @@ class RedisBudgetStore:
         now: float,
         policy: WindowPolicy,
         enforce_caps: bool,
+        window_cap: bool = True,
     ) -> Decision:
         validate_choice(backend, reason)
         if prs is not None:
@@ -160,7 +161,7 @@ class RedisBudgetStore:
         args = [
             *self._seed_args(), backend, reason, "" if prs is None else repr(float(prs)), repr(now),
             repr(COST_CAP_PERIOD_S), policy.score_window, policy.decision_window, repr(float(policy.credit_limit)),
-            repr(float(policy.credit_margin)), "1" if enforce_caps else "0",
+            repr(float(policy.credit_margin)), "1" if enforce_caps else "0", "1" if window_cap else "0",
         ]  # fmt: skip
         ticket, kept_backend, kept_reason = self._commit_script(keys=self.keys, args=args)
         return Decision(_text(kept_backend), _text(kept_reason), ticket=int(ticket))  # type: ignore[arg-type]

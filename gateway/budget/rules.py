@@ -30,11 +30,13 @@ def caps_refuse(
     rho: float,
     cloud_last_minute: int,
     cost_cap: int | None,
+    window_cap: bool = True,
 ) -> bool:
-    """True when one more cloud call would break the window cap or the cost cap (it goes to the edge instead).
+    """True when one more cloud call would break the window cap (unless `window_cap` is False) or the cost cap
+    (it goes to the edge instead).
 
-    Lua mirror: `caps_refuse` in lua.RULES."""
-    over_window = cloud + 1 > window_cloud_limit(allowance_micro, decisions, decision_window, rho)
+    Lua mirror: `caps_refuse` in lua.RULES (a nil `window_cap` there means True)."""
+    over_window = window_cap and cloud + 1 > window_cloud_limit(allowance_micro, decisions, decision_window, rho)
     over_minute = cost_cap is not None and cloud_last_minute + 1 > cost_cap
     return over_window or over_minute
 

@@ -159,9 +159,11 @@ class BudgetStore(Protocol):
         now: float,
         policy: WindowPolicy,
         enforce_caps: bool,
+        window_cap: bool = True,
     ) -> Decision:
         """Atomically: push `prs` (if any) into the score window; if `enforce_caps` and the entry is a
-        cloud call the caps refuse (`rules.caps_refuse`), make it (edge, "budget"); append it with the
+        cloud call the caps refuse (`rules.caps_refuse`; the cost cap only when not `window_cap`), make it
+        (edge, "budget"); append it with the
         current ρ as its allowance; move the credit (`rules.credit_earned`, `rules.clipped_credit`);
         return what was kept (backend, reason, ticket)."""
         ...

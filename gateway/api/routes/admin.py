@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from gateway.api.deps import BudgetDep, require_admin
 from gateway.schemas import BudgetUpdate
@@ -23,10 +23,15 @@ async def get_budget(budget: BudgetDep) -> dict:
 async def put_budget(body: BudgetUpdate, request: Request, budget: BudgetDep) -> dict:
     """Change ρ and/or the cost cap (0 removes it); effective on the next request, persisted."""
     before = budget.snapshot()
-    if body.rho is not None:
-        budget.set_rho(body.rho)
-    if body.cost_cap_per_minute is not None:
-        budget.set_cost_cap(body.cost_cap_per_minute or None)
+    try:
+        if body.rho is not None:
+            budget.set_rho(body.rho)
+        if body.cost_cap_per_minute is not None:
+            budget.set_cost_cap(body.cost_cap_per_minute or None)
+    except OSError as exc:  # the state file cannot be written (the value is not changed)
+        audit.error("admin budget change from %s failed: cannot write the state file (%s)",
+                    request.client.host if request.client else "?", type(exc).__name__)  # fmt: skip
+        raise HTTPException(503, f"cannot persist the budget: {type(exc).__name__}: {exc.strerror or exc}") from exc
     after = budget.snapshot()
     audit.warning(
         "admin budget change from %s: rho %s -> %s, cost_cap %s -> %s",

@@ -73,9 +73,11 @@ async def generate(body: GenerateRequest, request: Request, response: Response, 
 async def openai_generations(
     body: OpenAIImageRequest, request: Request, response: Response, gw: GatewayDep
 ) -> OpenAIImageResponse:
-    """OpenAI Images API shape, served through the same routing as /generate."""
+    """OpenAI Images API shape, served through the same routing as /generate (`private` and the caps included)."""
     request.state.counted = True
-    served = await gw.generate(serve_request(GenerateRequest(prompt=body.prompt, n=body.n, size=body.size)))
+    native = GenerateRequest(prompt=body.prompt, n=body.n, size=body.size, route=body.model or "auto",
+                             private=body.private)  # fmt: skip
+    served = await gw.generate(serve_request(native))
     route_headers(response, served)
     return OpenAIImageResponse(created=int(time.time()), data=await images(served))
 
