@@ -389,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         serve_worker(args.port)
         return
 
-    from router_model.data import read_prompts
+    from router_model.lab.data import read_prompts
 
     prompts = read_prompts(args.prompts)[:2000]
     router_p50 = router_single_cost(prompts, args.router_prompts)

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from router_model.data import DatasetError
+from router_model.lab.data import DatasetError
 
 DEFAULT_ROUTER = Path(__file__).resolve().parents[1] / "router_model" / "checkpoints" / "default"
 
@@ -24,7 +24,7 @@ def _fmt(values: list[float]) -> str:
 
 
 def cmd_dataset_import(args: argparse.Namespace) -> int:
-    from router_model.data import IMPORTERS, check_consistent, label_with_prs, write_dataset
+    from router_model.lab.data import IMPORTERS, check_consistent, label_with_prs, write_dataset
 
     examples = IMPORTERS[args.source](args.input, args.edge, args.cloud)
     check_consistent(examples, args.input)
@@ -35,8 +35,8 @@ def cmd_dataset_import(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:
-    from router_model.build import build_dataset
-    from router_model.data import read_prompts
+    from router_model.lab.build import build_dataset
+    from router_model.lab.data import read_prompts
 
     summary = build_dataset(
         read_prompts(args.prompts),
@@ -60,8 +60,8 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_stats(args: argparse.Namespace) -> int:
-    from router_model.data import read_examples
-    from router_model.summary import detect_source, pair_summary, source_model_means
+    from router_model.lab.data import read_examples
+    from router_model.lab.summary import detect_source, pair_summary, source_model_means
 
     source = detect_source(args.path)
     if source == "jsonl":
@@ -92,8 +92,8 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_analyze(args: argparse.Namespace) -> int:
-    from router_model.complexity import noun_bucket_table
-    from router_model.data import read_examples
+    from router_model.lab.data import read_examples
+    from router_model.lab.noun_buckets import noun_bucket_table
 
     examples = read_examples(args.path)
     rows = noun_bucket_table(examples)
@@ -113,11 +113,11 @@ def cmd_dataset_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from router_model.card import write_model_card
-    from router_model.data import check_consistent, quality_arrays, read_examples
+    from router_model.lab.card import write_model_card
+    from router_model.lab.data import check_consistent, quality_arrays, read_examples
+    from router_model.lab.train import train_router
     from router_model.model import RouterConfig
     from router_model.prs import fit_prs_stats
-    from router_model.train import train_router
 
     examples = [ex for path in args.data for ex in read_examples(path)]
     check_consistent(examples, ", ".join(args.data))
@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from router_model.data import read_prompts
+    from router_model.lab.data import read_prompts
     from router_model.model import RouteT2IRouter
 
     prompts = list(args.prompt) + (read_prompts(args.prompts) if args.prompts else [])
@@ -185,8 +185,8 @@ def _rename_method(result: dict, old: str, new: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from router_model.data import read_examples
-    from router_model.evaluate import (
+    from router_model.lab.data import read_examples
+    from router_model.lab.evaluate import (
         bootstrap_markdown,
         default_methods,
         evaluate,
@@ -197,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
     if args.results_page:
-        from router_model.report import write_results_page
+        from router_model.lab.report import write_results_page
 
         page = write_results_page(Path(args.results_page), Path(args.data_dir), folds=args.folds, seed=args.seed,
                                   bootstrap=args.bootstrap, repeats=args.repeats,
@@ -235,7 +235,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from router_model.calibrate import calibrate_checkpoint
+    from router_model.lab.calibrate import calibrate_checkpoint
 
     result = calibrate_checkpoint(args.router, args.prompts, args.rho)
     print(json.dumps(result, indent=2))

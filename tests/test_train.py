@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from router_model.data import DatasetError, RoutingExample
 from router_model.encoder import TextEncoder
-from router_model.model import RouterConfig, RouteT2IRouter
-from router_model.prs import PRSStats
-from router_model.train import (
+from router_model.lab.data import DatasetError, RoutingExample
+from router_model.lab.train import (
     pairwise_rank_loss,
     prs_targets,
     rankdata,
@@ -24,6 +22,8 @@ from router_model.train import (
     train_router,
     validation_split,
 )
+from router_model.model import RouterConfig, RouteT2IRouter
+from router_model.prs import PRSStats
 from tests.test_model import build_tiny_text_encoder
 
 COLORS = ["red", "blue", "green", "yellow", "white", "black"]

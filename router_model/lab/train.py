@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from router_model.data import DatasetError, RoutingExample, check_consistent, kfold_splits, quality_arrays
 from router_model.encoder import TextEncoder, TokenStates, pick_device
+from router_model.lab.data import DatasetError, RoutingExample, check_consistent, kfold_splits, quality_arrays
 from router_model.model import RouterConfig, RouteT2IRouter
 from router_model.prs import PRSStats, fit_prs_stats, normalized_distances, prs_from_distances
 

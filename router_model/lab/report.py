@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from router_model.data import IMPORTERS
 from router_model.encoder import DEFAULT_ENCODER, TextEncoder
-from router_model.evaluate import (
+from router_model.lab.data import IMPORTERS
+from router_model.lab.evaluate import (
     NOT_BASELINES,
     bootstrap_markdown,
     evaluate,

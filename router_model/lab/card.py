@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from router_model.data import RoutingExample
+from router_model.lab.data import RoutingExample
 
 
 def write_model_card(

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from router_model.baselines import (
+from router_model.encoder import DEFAULT_ENCODER, TextEncoder, TokenStates
+from router_model.lab.baselines import (
     ABLATIONS,
     BASELINES,
     ROUTERS,
@@ -28,8 +29,7 @@ from router_model.baselines import (
     make_router,
     torch_threads,
 )
-from router_model.data import RoutingExample, check_consistent, kfold_splits, quality_arrays, stable_seed
-from router_model.encoder import DEFAULT_ENCODER, TextEncoder, TokenStates
+from router_model.lab.data import RoutingExample, check_consistent, kfold_splits, quality_arrays, stable_seed
 
 TARGETS = (40, 50, 60, 80)
 TABLE_RHOS = (0.25, 0.5, 0.75)
@@ -120,8 +120,8 @@ def default_methods(ablations: bool = False, include_routet2i: bool | None = Non
     """The baselines, RouteT2I when its code is present, and its ablations when asked."""
     if include_routet2i is None:
         try:
+            import router_model.lab.train  # noqa: F401
             import router_model.model  # noqa: F401
-            import router_model.train  # noqa: F401
 
             include_routet2i = True
         except ImportError:
@@ -498,7 +498,7 @@ def plot_noun_win_rate(examples: Sequence[RoutingExample], path: str | Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from router_model.complexity import noun_bucket_table
+    from router_model.lab.noun_buckets import noun_bucket_table
 
     rows = noun_bucket_table(examples)
     path = Path(path)
