@@ -186,15 +186,9 @@ def _rename_method(result: dict, old: str, new: str) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from router_model.lab.data import read_examples
-    from router_model.lab.evaluate import (
-        bootstrap_markdown,
-        default_methods,
-        evaluate,
-        markdown_table,
-        plot_delta_p,
-        plot_noun_win_rate,
-        result_json,
-    )
+    from router_model.lab.evaluate import default_methods, evaluate
+    from router_model.lab.plots import plot_delta_p, plot_noun_win_rate
+    from router_model.lab.results import bootstrap_markdown, markdown_table, result_json
 
     if args.results_page:
         from router_model.lab.report import write_results_page

@@ -11,22 +11,19 @@ import pytest
 
 from router_model.encoder import TextEncoder, TokenStates
 from router_model.lab.data import RoutingExample, import_genai_bench
-from router_model.lab.evaluate import (
-    bootstrap_markdown,
+from router_model.lab.delta_p import (
     cloud_call_reduction,
     curve_auc,
     delta_p_curve,
-    evaluate,
-    markdown_table,
     n_cloud,
     paired_bootstrap,
-    plot_delta_p,
-    plot_noun_win_rate,
-    result_json,
     rho_grid,
     rho_key,
     route_quality,
 )
+from router_model.lab.evaluate import evaluate
+from router_model.lab.plots import plot_delta_p, plot_noun_win_rate
+from router_model.lab.results import bootstrap_markdown, markdown_table, result_json
 
 GENAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "genai_bench_ratings.json"
 CHEAP = ["random", "noun_count", "prompt_length", "zooter", "oracle"]
