@@ -36,7 +36,8 @@ import httpx
 import numpy as np
 
 from backends.worker import GenerateBody
-from bench.markdown import add_output_arguments, publish, run_note, table
+from bench.markdown import add_output_arguments, publish, run_note
+from router_model.lab.markdown import table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ROUTET2I_DATA_DIR", ROOT.parent / "shared" / "data"))

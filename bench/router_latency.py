@@ -22,15 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.markdown import add_output_arguments, publish, run_note, table
+from bench.markdown import add_output_arguments, publish, run_note
+from router_model import DEFAULT_ROUTER
 from router_model.lab.calibrate import calibrate_alpha
 from router_model.lab.data import read_prompts
+from router_model.lab.markdown import table
 from router_model.model import RouteT2IRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ROUTET2I_DATA_DIR", ROOT.parent / "shared" / "data"))
 COCO = DATA_DIR / "coco2014_val_captions_5k.tsv"
-CHECKPOINT = ROOT / "router_model" / "checkpoints" / "default"
+CHECKPOINT = DEFAULT_ROUTER
 TARGET_P50_RATIO = 1.2
 TARGET_THROUGHPUT_RATIO = 0.9
 KEEP_AGREEMENT = 0.99

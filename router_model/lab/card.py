@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router_model.lab.data import RoutingExample
+from router_model.lab.markdown import table
 
 
 def write_model_card(
@@ -21,37 +22,49 @@ def write_model_card(
     first = examples[0]
     sources = sorted({ex.source for ex in examples})
     stats = config.get("prs_stats") or {}
+    rows = [
+        ["edge model → cloud model", f"`{first.edge_model}` → `{first.cloud_model}`"],
+        [
+            "training data",
+            f"{', '.join(f'`{d}`' for d in data)} ({len(examples)} prompts; source {', '.join(sources)})",
+        ],
+        ["quality metrics (one expert each)", ", ".join(first.metrics)],
+        ["PRS statistics", f"μ_edge {stats.get('mu_edge')}, μ_cloud {stats.get('mu_cloud')}, Γ {stats.get('gamma')}"],
+        ["text encoder", f"`{config.get('encoder')}` (fine-tuned: {config.get('encoder_finetuned')})"],
+        [
+            "architecture switches",
+            f"multi_metric {config.get('multi_metric')}, token_selection {config.get('token_selection')}, "
+            f"dual_gate {config.get('dual_gate')}, top_k {config.get('top_k')}",
+        ],
+        ["checkpoint size", f"{size_kb:.0f} KB (head only; the encoder is referenced by name)"],
+    ]
+    if summary.get("member_summaries"):
+        members = summary["member_summaries"]
+        epochs = ", ".join(str(m.get("best_epoch")) for m in members)
+        rows.append(
+            [
+                "training",
+                f"ensemble of {len(members)} members, each early-stopped on its own validation fold "
+                f"(best epochs {epochs}); mean validation Spearman(PRŜ, PRS) {summary.get('best_val_spearman'):+.3f}",
+            ]
+        )
+    elif summary:
+        rows.append(
+            [
+                "training",
+                f"best epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}, validation "
+                f"Spearman(PRŜ, PRS) {summary.get('best_val_spearman', float('nan')):+.3f} on {summary.get('n_val')} "
+                "held-out prompts",
+            ]
+        )
     lines = [
         "# RouteT2I router checkpoint",
         "",
         "Predicts, from the prompt alone, the Pareto Relative Superiority (PRS) of the edge model's image",
         "over the cloud model's (> 0.5: the edge wins). The gateway sends a prompt to the cloud iff PRŜ < α.",
         "",
-        "| | |",
-        "|---|---|",
-        f"| edge model → cloud model | `{first.edge_model}` → `{first.cloud_model}` |",
-        f"| training data | {', '.join(f'`{d}`' for d in data)} "
-        f"({len(examples)} prompts; source {', '.join(sources)}) |",
-        f"| quality metrics (one expert each) | {', '.join(first.metrics)} |",
-        f"| PRS statistics | μ_edge {stats.get('mu_edge')}, μ_cloud {stats.get('mu_cloud')}, Γ {stats.get('gamma')} |",
-        f"| text encoder | `{config.get('encoder')}` (fine-tuned: {config.get('encoder_finetuned')}) |",
-        f"| architecture switches | multi_metric {config.get('multi_metric')}, token_selection "
-        f"{config.get('token_selection')}, dual_gate {config.get('dual_gate')}, top_k {config.get('top_k')} |",
-        f"| checkpoint size | {size_kb:.0f} KB (head only; the encoder is referenced by name) |",
+        table(["", ""], rows, align="ll"),
     ]
-    if summary.get("member_summaries"):
-        members = summary["member_summaries"]
-        epochs = ", ".join(str(m.get("best_epoch")) for m in members)
-        lines.append(
-            f"| training | ensemble of {len(members)} members, each early-stopped on its own validation fold "
-            f"(best epochs {epochs}); mean validation Spearman(PRŜ, PRS) {summary.get('best_val_spearman'):+.3f} |"
-        )
-    elif summary:
-        lines.append(
-            f"| training | best epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}, validation "
-            f"Spearman(PRŜ, PRS) {summary.get('best_val_spearman', float('nan')):+.3f} on {summary.get('n_val')} "
-            "held-out prompts |"
-        )
     lines += [
         "",
         "Cross-validated routing quality (ΔP against every baseline, on prompts the router was not trained on)",
