@@ -1,7 +1,8 @@
 """The lab's sub-commands of `routet2i`: dataset (import, build, stats, analyze), train, evaluate, calibrate, score.
 
 `add_lab_commands` adds them to the console's sub-parsers (`gateway/cli.py` owns the program and its
-error handling). Every sub-command is a thin shell over a library function of the lab.
+error handling and sets `args.command_line`, the argv that train and evaluate record for provenance).
+Every sub-command is a thin shell over a library function of the lab.
 """
 
 from __future__ import annotations
