@@ -310,6 +310,7 @@ class EdgeBackend:
             return
         except asyncio.CancelledError:  # aclose() while the call runs: don't leave its callers waiting
             for job in batch:
+                job.abandoned = True  # and stop the pipeline thread after its current step
                 if not job.future.done():
                     job.future.set_exception(BackendUnavailable(f"{self.name} backend is shutting down"))
             raise

@@ -167,6 +167,19 @@ async def test_a_client_that_gives_up_cancels_the_generation_on_the_worker(worke
         small = time.monotonic() - before
     assert response.status_code == 200 and small < 5.0, (gave_up, idle_after, small)
 
+    # the same when the caller is cancelled (the gateway's client went away): the connection closes
+    backend, attempts = client(worker.url, timeout=60)
+    try:
+        call = asyncio.create_task(backend.generate(heavy))
+        await until(lambda: worker.readyz().get("in_flight") == 1, 20, "the worker to start")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await until(lambda: worker.readyz().get("in_flight", 1) == 0, 5.0, "the worker to go idle")
+        assert backend.circuit_state == "closed" and len(attempts) == 1  # no outcome: nothing recorded
+    finally:
+        await backend.aclose()
+
 
 # ---- item 8: a dead worker shows in the client's health ------------------------------------------------------------
 @pytest.mark.asyncio
