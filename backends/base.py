@@ -80,6 +80,14 @@ class BackendUnavailable(BackendError):
     kind = "unavailable"
 
 
+class RequestRejected(BackendError, ValueError):
+    """The backend cannot run this request as asked (it is outside what its model supports): the same
+    request would fail again, so it is a client error (422), never retried and no sign of ill health.
+    A `ValueError` too, so callers that answer 422 for invalid requests do so for these."""
+
+    kind = "rejected"
+
+
 class ContentModerated(BackendError):
     """The provider refused the prompt or the image on content grounds."""
 
@@ -96,3 +104,9 @@ def image_from_bytes(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def compute_units(width: int, height: int, steps: int, n: int = 1) -> int:
+    """The work a request asks for, pixels × denoising steps × images: what one generation costs, to the
+    first order, on any diffusion backend (512×512, 25 steps, one image: 6,553,600)."""
+    return width * height * steps * n
