@@ -23,12 +23,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from backends.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
 
 from backends.base import BackendError, BackendUnavailable, GenerationRequest, compute_units
 from backends.cloud import WorkerCloudBackend
 from backends.edge import EdgeBackend
 from backends.worker import TOKEN_ENV
+from demo.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
 
 TOKEN = "audit-secret"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
