@@ -80,6 +80,14 @@ class BackendUnavailable(BackendError):
     kind = "unavailable"
 
 
+class RequestRejected(BackendError, ValueError):
+    """The backend cannot run this request as asked (it is outside what its model supports): the same
+    request would fail again, so it is a client error (422), never retried and no sign of ill health.
+    A `ValueError` too, so callers that answer 422 for invalid requests do so for these."""
+
+    kind = "rejected"
+
+
 class ContentModerated(BackendError):
     """The provider refused the prompt or the image on content grounds."""
 

@@ -7,6 +7,10 @@ negative prompt) up to `max_batch` images, and runs them as one pipeline call wi
 `torch.Generator` per image. Image i of a request with seed s is generated from seed s + i, so a seed
 reproduces its images alone or inside any batch, on the CPU or on CUDA.
 
+A caller that goes away (its task is cancelled) costs nothing more: a queued request is dropped
+before it runs, and a running pipeline call whose callers have all gone stops at the end of the current
+denoising step (diffusers' `callback_on_step_end`).
+
 The worker (`backends/worker.py`) serves the cloud model with this same class.
 """
 
@@ -15,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
 import math
-import random
 import threading
 import time
 from collections import deque
@@ -27,19 +31,20 @@ from typing import Any
 import torch
 
 from backends.base import (
-    MAX_SEED,
     BackendError,
     BackendOverloaded,
     BackendUnavailable,
     GenerationRequest,
     GenerationResult,
+    RequestRejected,
 )
+from backends.limits import MAX_SEED, draw_seed, size_limits, validate_request
 from backends.loading import load_pipeline, resolve_device
+from backends.logs import install_prompt_scrubber
 
 log = logging.getLogger(__name__)
 
-MAX_SIDE = 4096
-SIZE_MULTIPLE = 8
+__all__ = ["MAX_SEED", "EdgeBackend", "device_lock", "draw_seed", "validate_request"]
 
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
 _DEVICE_LOCKS_GUARD = threading.Lock()
@@ -52,40 +57,21 @@ def device_lock(device: torch.device | str) -> threading.Lock:
         return _DEVICE_LOCKS.setdefault(key, threading.Lock())
 
 
-def draw_seed() -> int:
-    """A fresh seed in [1, 2**32 - 2] (0 means "random" to some providers, 2**32 - 1 is out of their range)."""
-    return random.SystemRandom().randint(1, MAX_SEED - 1)
-
-
-def validate_request(request: GenerationRequest, *, multiple: int = SIZE_MULTIPLE) -> None:
-    """Raise `ValueError` naming the field and the fix when a request cannot be run by a local pipeline."""
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
-        raise ValueError("prompt: must be a non-empty string")
-    for name in ("width", "height"):
-        value = getattr(request, name)
-        if not isinstance(value, int) or value <= 0 or value > MAX_SIDE:
-            raise ValueError(f"{name}: must be an integer in [{multiple}, {MAX_SIDE}], got {value!r}")
-        if value % multiple:
-            lower, upper = value - value % multiple, value - value % multiple + multiple
-            raise ValueError(
-                f"{name}: must be a multiple of {multiple} (diffusion latents are {multiple}x smaller), got {value}; "
-                f"use {max(lower, multiple)} or {upper}"
-            )
-    if not isinstance(request.n, int) or request.n < 1:
-        raise ValueError(f"n: must be a positive integer, got {request.n!r}")
-    steps = request.num_inference_steps
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"num_inference_steps: must be a positive integer, got {steps!r}")
-    guidance = request.guidance_scale
-    if guidance is not None and (not isinstance(guidance, int | float) or not math.isfinite(guidance) or guidance < 0):
-        raise ValueError(f"guidance_scale: must be a finite number >= 0, got {guidance!r}")
-    if request.seed is not None and (not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED):
-        raise ValueError(f"seed: must be an integer in [0, {MAX_SEED}], got {request.seed!r}")
-
-
 def _is_oom(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     return isinstance(exc, oom) or "out of memory" in str(exc).lower()
+
+
+class _Abandoned(Exception):
+    """Raised from the step callback to stop a pipeline call whose callers have all gone away."""
+
+
+def _accepts_step_callback(pipeline: Any) -> bool:
+    try:
+        parameters = inspect.signature(pipeline).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "callback_on_step_end" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _free_accelerator_memory() -> None:
@@ -104,6 +90,7 @@ class _Job:
     guidance: float
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    abandoned: bool = False  # the caller went away; read by the pipeline thread between steps
 
     @property
     def key(self) -> tuple:
@@ -158,6 +145,7 @@ class EdgeBackend:
         self._batch_seconds = 1.0  # running mean of one pipeline call, for Retry-After estimates
         self._closed = False
         self.pipeline_calls = 0
+        install_prompt_scrubber()  # the text encoders' truncation warnings quote the prompt
         if pipeline is None and not lazy:
             self._load_sync()
 
@@ -179,11 +167,12 @@ class EdgeBackend:
     @property
     def size_multiple(self) -> int:
         """Width and height must be multiples of this: 8, or the pipeline's latent stride if larger (SD3: 16)."""
-        pipe = self.pipeline
-        scale = getattr(pipe, "vae_scale_factor", None) or 1
-        denoiser = getattr(pipe, "transformer", None)
-        patch = getattr(getattr(denoiser, "config", None), "patch_size", None) or 1
-        return math.lcm(SIZE_MULTIPLE, int(scale) * int(patch))
+        return size_limits(self.pipeline)[0]
+
+    @property
+    def max_side(self) -> int:
+        """The largest width or height the pipeline can run (see `backends.limits.size_limits`)."""
+        return size_limits(self.pipeline)[1]
 
     def ready(self) -> bool:
         return self.pipeline is not None and not self._closed
@@ -225,8 +214,8 @@ class EdgeBackend:
                 await self.load()
             except Exception as exc:
                 raise BackendUnavailable(f"{self.name}: cannot load {self.model}: {type(exc).__name__}: {exc}") from exc
-        if (multiple := self.size_multiple) != SIZE_MULTIPLE:
-            validate_request(request, multiple=multiple)
+        multiple, max_side = size_limits(self.pipeline)
+        validate_request(request, multiple=multiple, max_side=max_side)  # this model's limits, before it runs
         loop = asyncio.get_running_loop()
         job = _Job(
             request=request,
@@ -241,6 +230,7 @@ class EdgeBackend:
         try:
             return await job.future
         except asyncio.CancelledError:
+            job.abandoned = True  # running: the pipeline stops after this step if no one else waits for it
             with contextlib.suppress(ValueError):
                 self._pending.remove(job)  # the caller went away before its turn: don't run it
             raise
@@ -306,14 +296,21 @@ class EdgeBackend:
         return batch
 
     async def _run(self, batch: list[_Job]) -> None:
+        batch = [job for job in batch if not job.abandoned]
         if not batch:
             return
         started = time.perf_counter()
         self._in_flight = len(batch)
         try:
             images = await asyncio.to_thread(self._call_pipeline, batch)
+        except _Abandoned:  # every caller of the batch went away: nobody waits for these images
+            log.info("%s: stopped a pipeline call early: its callers went away", self.name)
+            for job in batch:
+                job.future.cancel()
+            return
         except asyncio.CancelledError:  # aclose() while the call runs: don't leave its callers waiting
             for job in batch:
+                job.abandoned = True  # and stop the pipeline thread after its current step
                 if not job.future.done():
                     job.future.set_exception(BackendUnavailable(f"{self.name} backend is shutting down"))
             raise
@@ -328,6 +325,9 @@ class EdgeBackend:
                         await self._run([job])
                     return
                 error = BackendError(f"{self.name}: out of accelerator memory ({type(exc).__name__})", kind="edge_oom")
+            elif isinstance(exc, ValueError):  # diffusers' input checks: this request cannot be run as asked
+                log.warning("%s: the pipeline refused a request (%s)", self.name, type(exc).__name__)
+                error = RequestRejected(f"{self.name}: the model cannot run this request: {exc}")
             else:
                 log.exception("%s: pipeline call failed", self.name)
                 error = BackendError(f"{self.name}: pipeline failed: {type(exc).__name__}: {exc}", kind="edge_failure")
@@ -366,10 +366,19 @@ class EdgeBackend:
                 prompts.append(job.request.prompt)
                 generators.append(torch.Generator(device="cpu").manual_seed(job.seed + i))
         negative = head.request.negative_prompt or None
+
+        def stop_if_abandoned(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+            if all(job.abandoned for job in batch):
+                raise _Abandoned()
+            return tensors
+
         with self._lock:
             pipeline = self.pipeline
             if pipeline is None:
                 raise RuntimeError("the pipeline was released")
+            if all(job.abandoned for job in batch):
+                raise _Abandoned()
+            options = {"callback_on_step_end": stop_if_abandoned} if _accepts_step_callback(pipeline) else {}
             self.pipeline_calls += 1
             output = pipeline(
                 prompt=prompts,
@@ -381,6 +390,7 @@ class EdgeBackend:
                 generator=generators,
                 num_images_per_prompt=1,
                 output_type="pil",
+                **options,
             )
         images = list(output.images)
         if len(images) != len(prompts):

@@ -4,10 +4,17 @@ It reuses `EdgeBackend` for the pipeline machinery (device lock, micro-batching,
 bounded queue); this module only adds HTTP, bearer-token auth and readiness. The pipeline loads in
 the background at startup, so `/healthz` answers at once and `/readyz` turns 200 when it is loaded.
 
+A request the model cannot run (a side over what its position embedding covers, not a multiple of its
+latent stride, anything diffusers' input checks refuse) is a 422 before or instead of a 500, so that the
+client neither retries it nor counts it against the worker's health. When the client goes away (its
+timeout, a cancelled gateway request) the generation is cancelled: dropped from the queue, or stopped
+between denoising steps. Tokenizer warnings are scrubbed of prompt text (`backends.logs`).
+
     POST /v1/generate  {prompt, negative_prompt, n, width, height, num_inference_steps, guidance_scale, seed}
                        → {"images": [base64 PNG], "seed": int, "model": str, "timings": {...}}
+                       422: a request this model cannot run; 503 + Retry-After: busy or loading
     GET  /healthz      alive
-    GET  /readyz       pipeline loaded (503 while loading or after a failed load)
+    GET  /readyz       pipeline loaded (503 while loading or after a failed load), queue depth, in flight
 """
 
 from __future__ import annotations
@@ -23,16 +30,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backends.base import MAX_SEED, BackendError, BackendOverloaded, BackendUnavailable, GenerationRequest, png_bytes
+from backends.disconnect import ClientDisconnected, until_disconnected
 from backends.edge import EdgeBackend
+from backends.logs import install_prompt_scrubber
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "ROUTET2I_WORKER_TOKEN"
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection"; nobody reads it
 
 
 class GenerateBody(BaseModel):
@@ -99,6 +109,7 @@ def create_worker_app(
     """The worker app. `token=None` disables auth (only sensible on a private network)."""
     if token is not None and not token.strip():
         raise ValueError(f"token: empty; set {TOKEN_ENV} to a secret, or unset it to run without auth")
+    install_prompt_scrubber()
     backend = EdgeBackend(
         model,
         device=device,
@@ -149,18 +160,27 @@ def create_worker_app(
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         if backend.ready():
-            return JSONResponse({"status": "ready", "model": label, "queue_depth": backend.queue_depth()})
+            return JSONResponse(
+                {
+                    "status": "ready",
+                    "model": label,
+                    "queue_depth": backend.queue_depth(),
+                    "in_flight": backend.in_flight(),
+                }
+            )
         if state["load_error"]:
             return JSONResponse({"status": "failed", "detail": state["load_error"]}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
 
     @app.post("/v1/generate", dependencies=[Depends(_bearer_auth(token))])
-    async def generate(body: GenerateBody) -> JSONResponse:
+    async def generate(body: GenerateBody, request: Request) -> Response:
         if not backend.ready():
             return _unavailable(state["load_error"] or "the model is still loading", 5.0)
         try:
-            result = await backend.generate(body.to_request())
-        except ValueError as exc:
+            result = await until_disconnected(request, backend.generate(body.to_request()))
+        except ClientDisconnected:
+            return Response(status_code=CLIENT_CLOSED)
+        except ValueError as exc:  # includes RequestRejected: the model cannot run this request as asked
             return JSONResponse({"detail": str(exc)}, status_code=422)
         except BackendOverloaded as exc:
             return _unavailable(str(exc), exc.retry_after or 1.0)

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from gateway.budget import BudgetController, InMemoryBudgetStore
-from router_model.calibrate import calibrate_alpha
-from router_model.data import read_prompts
 from router_model.encoder import DEFAULT_ENCODER, TextEncoder
+from router_model.lab.calibrate import calibrate_alpha
+from router_model.lab.data import read_prompts
 
 DATA_DIR = Path(os.environ.get("ROUTET2I_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SOURCES = (

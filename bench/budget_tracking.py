@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from bench.budget_replay import DATA_DIR, load_segments, replay_live, rho_per_request, window_report
-from bench.markdown import add_output_arguments, publish, run_note, table
+from bench.markdown import add_output_arguments, publish, run_note
 from bench.router_latency import CHECKPOINT, load_router, score_all
-from router_model.calibrate import calibrate_alpha
-from router_model.data import RoutingExample, import_genai_bench, read_prompts
+from router_model.lab.calibrate import calibrate_alpha
+from router_model.lab.data import RoutingExample, import_genai_bench, read_prompts
+from router_model.lab.markdown import table
 
 GENAI_BENCH = DATA_DIR / "genai_bench_ratings.json"
 EDGE, CLOUD = "SDXL_2_1", "DALLE_3"  # GenAI-Bench's "SDXL_2_1" is Stable Diffusion 2.1

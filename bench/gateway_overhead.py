@@ -36,9 +36,10 @@ import httpx
 import numpy as np
 
 from backends.worker import GenerateBody
-from bench.markdown import add_output_arguments, publish, run_note, table
+from bench.markdown import add_output_arguments, publish, run_note
 from demo.processes import free_port, spawn, stop, wait_until_ready
 from demo.tiny import build_tiny_sd_pipeline
+from router_model.lab.markdown import table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ROUTET2I_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -352,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         serve_worker(args.port)
         return
 
-    from router_model.data import read_prompts
+    from router_model.lab.data import read_prompts
 
     prompts = read_prompts(args.prompts)[:2000]
     router_p50 = router_single_cost(prompts, args.router_prompts)

@@ -21,6 +21,7 @@ import torch
 from backends.base import GenerationRequest
 from backends.edge import EdgeBackend
 from demo.tiny import build_clip_tokenizer, sd_ddim_scheduler
+from router_model.lab.markdown import table
 
 SIZE, STEPS = 512, 25
 
@@ -147,15 +148,16 @@ def to_markdown(result: dict) -> str:
         f"SD 2.1 architecture (random weights), {result['size']}×{result['size']}, {result['steps']} steps, "
         f"{result['dtype']}, torch {result['torch']}, through `EdgeBackend`.",
         "",
-        "| mode | requests | images/s | vs one at a time | card |",
-        "|---|---:|---:|---:|---|",
+        table(
+            ["mode", "requests", "images/s", "vs one at a time", "card"],
+            [
+                [r["mode"], r["requests"], f"{r['images_per_s']:.2f}", f"{r['images_per_s'] / base:.2f}×", r["card"]]
+                for r in result["rows"]
+            ],
+            align="lrrrl",
+        ),
+        "",
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['mode']} | {r['requests']} | {r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}× "
-            f"| {r['card']} |"
-        )
-    lines.append("")
     lines.append(f"torch.compile: {result['compile_and_first_run_s']:.0f} s for compilation plus the first timed run.")
     return "\n".join(lines) + "\n"
 

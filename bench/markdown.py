@@ -116,15 +116,6 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS) -> Path:
     return path
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
-    """A GitHub markdown table; `align` is one of l/r per column (default: first left, others right)."""
-    align = align or "l" + "r" * (len(headers) - 1)
-    rule = ["---" if a == "l" else "---:" for a in align]
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def gpu_edge_section(source: Path = GPU_EDGE) -> str:
     if not source.exists():
         raise FileNotFoundError(f"{source}: no GPU edge table; run bench/gpu_edge.py --markdown {source} on a GPU host")

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.markdown import add_output_arguments, publish, run_note, table
-from gateway.settings import DEFAULT_ROUTER
-from router_model.calibrate import calibrate_alpha
-from router_model.data import read_prompts
+from bench.markdown import add_output_arguments, publish, run_note
+from router_model import DEFAULT_ROUTER
+from router_model.lab.calibrate import calibrate_alpha
+from router_model.lab.data import read_prompts
+from router_model.lab.markdown import table
 from router_model.model import RouteT2IRouter
 
 ROOT = Path(__file__).resolve().parents[1]

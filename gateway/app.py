@@ -120,7 +120,7 @@ def create_app(
         log.info("gateway ready: ρ=%.3f, cloud=%s", budget.rho, settings.cloud_kind if cloud else "none")
         stop_refresh = None
         if multiprocess_dir() is not None:  # keep this worker's gauges current between scrapes of any worker
-            stop_refresh = metrics.start_refresh(lambda: sample_gauges(metrics, budget, edge))
+            stop_refresh = metrics.start_refresh(lambda: sample_gauges(metrics, budget, edge, cloud))
         try:
             yield
         finally:

@@ -102,6 +102,15 @@ class GatewayMetrics:
         self.backend_errors = Counter(
             "routet2i_backend_errors", "Backend failures by backend and kind.", ["backend", "kind"], registry=r
         )
+        self.cloud_breaker_open = Gauge(
+            "routet2i_cloud_breaker_open",
+            "1 while the cloud client's circuit is open (calls fail fast and fall back to the edge), else 0.",
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.cloud_breaker_failures = Gauge(
+            "routet2i_cloud_breaker_consecutive_failures", "Consecutive health failures the cloud circuit has seen.",
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.edge_queue_depth = Gauge(
             "routet2i_edge_queue_depth", "Requests waiting for or running on the edge pipeline.", registry=r,
             multiprocess_mode="livesum",
@@ -139,6 +148,10 @@ class GatewayMetrics:
 
     def set_queue_depth(self, depth: int) -> None:
         self.edge_queue_depth.set(depth)
+
+    def set_breaker(self, state: str, consecutive_failures: int) -> None:
+        self.cloud_breaker_open.set(1 if state == "open" else 0)
+        self.cloud_breaker_failures.set(consecutive_failures)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, for `GET /metrics` (all workers' in multiprocess mode)."""

@@ -19,7 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-DEFAULT_ROUTER = Path(__file__).resolve().parents[1] / "router_model" / "checkpoints" / "default"
+from router_model import DEFAULT_ROUTER
 
 
 class Settings(BaseSettings):

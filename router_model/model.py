@@ -11,7 +11,7 @@ Given token states T [B, n, d] of a frozen text encoder, one expert per quality 
 Ensemble (`members` > 1): the router holds `members` independently trained copies of this head and
 averages their D̂ (hence PRŜ). On a few hundred noisy human ratings a single head's held-out ΔP
 swings by several points with its seed and its ~50-prompt validation split; averaging members that
-were each early-stopped on a different inner validation fold damps that variance (train.py).
+were each early-stopped on a different inner validation fold damps that variance (lab/ensemble.py).
 
 The null logit lets a token be relevant to no expert; without it a one-metric router (k = 1, e.g.
 human-rating data with a single dimension) would have a constant gate A ≡ 1 and select nothing.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router_model.baselines import (
+from router_model.encoder import TextEncoder, TokenStates
+from router_model.lab.baselines import (
     ABLATIONS,
     BASELINES,
     ROUTERS,
@@ -15,8 +16,7 @@ from router_model.baselines import (
     make_router,
     normalized_gap,
 )
-from router_model.data import RoutingExample
-from router_model.encoder import TextEncoder, TokenStates
+from router_model.lab.data import RoutingExample
 
 SUBJECTS = ["cat", "dog", "apple", "cup", "chair", "bird", "tree", "shoe", "lamp", "book", "rose", "ball"]
 SCENES = ["market", "harbour", "station", "stadium", "festival", "library", "airport", "factory", "parade", "museum"]

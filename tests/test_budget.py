@@ -16,7 +16,7 @@ from bench.budget_replay import (
     window_report,
 )
 from gateway.budget import BudgetController, BudgetStateError, InMemoryBudgetStore
-from router_model.calibrate import calibrate_alpha
+from router_model.lab.calibrate import calibrate_alpha
 
 
 class Clock:

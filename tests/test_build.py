@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from demo.tiny import build_tiny_clip, build_tiny_sd3_pipeline, build_tiny_sd_pipeline
-from router_model.build import BuildSummary, build_dataset, image_stem
-from router_model.data import DatasetError, prs_stats_path, quality_arrays, read_examples, stable_seed
+from router_model.lab.build import BuildSummary, build_dataset, image_stem
+from router_model.lab.data import DatasetError, prs_stats_path, quality_arrays, read_examples, stable_seed
 from router_model.prs import PRSStats, pareto_relative_superiority
 from router_model.quality import MetricsFileError, load_metrics
 

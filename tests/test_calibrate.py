@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from router_model.calibrate import ALPHA_CAP, calibrate_alpha, calibrate_checkpoint, cloud_fraction
+from router_model.lab.calibrate import ALPHA_CAP, calibrate_alpha, calibrate_checkpoint, cloud_fraction
 from router_model.model import RouterConfig, RouteT2IRouter
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.cli import main
-from router_model.data import read_examples
+from router_model.lab.data import read_examples
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

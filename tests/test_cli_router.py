@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from router_model.data import append_examples, import_genai_bench
+from router_model.lab.data import append_examples, import_genai_bench
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

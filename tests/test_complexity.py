@@ -1,5 +1,6 @@
-from router_model.complexity import count_nouns, noun_bucket_table, outcome
-from router_model.data import RoutingExample
+from router_model.complexity import count_nouns
+from router_model.lab.data import RoutingExample
+from router_model.lab.noun_buckets import noun_bucket_table, outcome
 
 
 def test_count_nouns_with_spacy():

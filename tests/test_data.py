@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router_model.data import (
+from router_model.lab.data import (
     DatasetError,
     RoutingExample,
     append_examples,

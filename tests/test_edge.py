@@ -243,3 +243,15 @@ async def test_close_fails_waiting_requests_and_refuses_new_ones(probe):
     assert not backend.ready()
     with pytest.raises(BackendUnavailable):
         await backend.generate(req(seed=3))
+
+
+@pytest.mark.asyncio
+async def test_a_request_the_pipeline_refuses_is_a_value_error_not_a_backend_failure(probe):
+    """Diffusers' input checks raise ValueError: that is the request's fault (422), not the edge failing (503)."""
+    backend = make(probe)
+    probe.fail = ValueError("`height` and `width` have to be divisible by 16 but are 48 and 64.")
+    with pytest.raises(ValueError, match="divisible by 16") as info:
+        await backend.generate(req(seed=1, width=64, height=48))
+    assert isinstance(info.value, BackendError) and info.value.kind == "rejected"
+    assert (await backend.generate(req(seed=1))).images[0].size == (64, 64)  # and it keeps serving
+    await backend.aclose()

@@ -9,24 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router_model.data import RoutingExample, import_genai_bench
 from router_model.encoder import TextEncoder, TokenStates
-from router_model.evaluate import (
-    bootstrap_markdown,
+from router_model.lab.data import RoutingExample, import_genai_bench
+from router_model.lab.delta_p import (
     cloud_call_reduction,
     curve_auc,
     delta_p_curve,
-    evaluate,
-    markdown_table,
     n_cloud,
     paired_bootstrap,
-    plot_delta_p,
-    plot_noun_win_rate,
-    result_json,
     rho_grid,
     rho_key,
     route_quality,
 )
+from router_model.lab.evaluate import evaluate
+from router_model.lab.plots import plot_delta_p, plot_noun_win_rate
+from router_model.lab.results import bootstrap_markdown, markdown_table, result_json
 
 GENAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "genai_bench_ratings.json"
 CHEAP = ["random", "noun_count", "prompt_length", "zooter", "oracle"]
@@ -185,7 +182,7 @@ def test_routet2i_and_checkpoint_get_a_paired_bootstrap(subset, states, tmp_path
         assert b[key]["ci_low"] <= b[key]["mean_diff"] <= b[key]["ci_high"] and 0 <= b[key]["win_share"] <= 1
     assert "routet2i − random" in bootstrap_markdown(r)
 
-    from router_model.baselines import make_router
+    from router_model.lab.baselines import make_router
 
     router = make_router("routet2i", train_kwargs=fast).fit(subset[:30], states.subset(range(30))).router
     router.save_pretrained(tmp_path / "ckpt")
@@ -201,7 +198,7 @@ def test_bad_method_name_is_reported(subset):
 
 @pytest.mark.slow
 def test_results_page_is_written_from_computed_numbers(tmp_path):
-    from router_model.report import PAIRS, write_results_page
+    from router_model.lab.report import PAIRS, write_results_page
 
     if not GENAI.exists():
         pytest.skip(f"{GENAI} not present")

@@ -109,7 +109,13 @@ async def test_worker_killed_mid_run_falls_back_to_the_edge(models, router, tmp_
                     route = ok(response)["route"]  # ... and it is served by the edge, never a 5xx
                     assert (route["backend"], route["reason"]) == ("edge", "fallback")
                 budget = (await http.get("/admin/budget", headers=ADMIN)).json()
+                readyz = (await http.get("/readyz")).json()
             metrics = scrape(gateway.url)
+        # Five health failures in a row open the circuit: readiness and the metrics say so (the edge still serves).
+        assert readyz["ready"] is True and readyz["cloud"] is False
+        assert readyz["cloud_breaker"]["state"] == "open" and readyz["cloud_breaker"]["retry_in_s"] > 0
+        assert sample(metrics, "routet2i_cloud_breaker_open") == 1
+        assert sample(metrics, "routet2i_cloud_breaker_consecutive_failures") >= 5
         assert calls["/v1/generate"] == 2  # the kill lost the second call; nothing reached the worker after
         assert budget["decisions"] == 6 and budget["cloud_calls"] == 1  # fallbacks are edge calls
         assert served(metrics, "edge", "fallback") == 5 and served(metrics, "cloud", "forced") == 1

@@ -292,7 +292,10 @@ def test_bfloat16_encoder_scores_close_to_float32():
     """The faster path the router benchmark keeps: same checkpoint, encoder in bfloat16, head in float32."""
     from pathlib import Path
 
+    from router_model import DEFAULT_ROUTER
+
     default = Path(__file__).resolve().parents[1] / "router_model" / "checkpoints" / "default"
+    assert default == DEFAULT_ROUTER  # the one constant the CLI and the bench default to
     prompts = ["a cat on a mat", "three red cars beside a blue truck under a bridge", "a bowl of fruit"]
     full = RouteT2IRouter.from_pretrained(default, device="cpu").score(prompts).prs
     fast = RouteT2IRouter.from_pretrained(default, device="cpu", encoder_dtype="bfloat16")

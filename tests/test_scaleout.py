@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.budget_replay import DATA_DIR
 from demo.processes import free_port, spawn, stop, wait_until_ready
 from demo.stack import build_demo_models
-from router_model.data import read_prompts
+from router_model.lab.data import read_prompts
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bench.gateway_overhead import COCO, cloud_prompts, running_stack
-from router_model.data import read_prompts
+from router_model.lab.data import read_prompts
 
 REQUESTS = 5000
 WARMUP = 300

@@ -11,19 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from router_model.data import DatasetError, RoutingExample
 from router_model.encoder import TextEncoder
+from router_model.lab.batches import prs_targets, validation_split
+from router_model.lab.data import DatasetError, RoutingExample
+from router_model.lab.losses import pairwise_rank_loss, rankdata, spearman
+from router_model.lab.train import save_training_summary, train_router
 from router_model.model import RouterConfig, RouteT2IRouter
 from router_model.prs import PRSStats
-from router_model.train import (
-    pairwise_rank_loss,
-    prs_targets,
-    rankdata,
-    save_training_summary,
-    spearman,
-    train_router,
-    validation_split,
-)
 from tests.test_model import build_tiny_text_encoder
 
 COLORS = ["red", "blue", "green", "yellow", "white", "black"]

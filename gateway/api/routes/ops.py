@@ -15,16 +15,28 @@ from gateway.metrics import GatewayMetrics
 router = APIRouter()
 
 
-def sample_gauges(metrics: GatewayMetrics, budget: BudgetController, edge: ImageBackend) -> None:
-    """Set the gauges that are read, not counted: the budget snapshot and the edge queue depth."""
+def sample_gauges(
+    metrics: GatewayMetrics, budget: BudgetController, edge: ImageBackend, cloud: ImageBackend | None = None
+) -> None:
+    """Set the gauges that are read, not counted: the budget snapshot, the edge queue depth, the cloud circuit."""
     metrics.set_budget(budget.snapshot())
     if hasattr(edge, "queue_depth"):
         metrics.set_queue_depth(edge.queue_depth())
+    breaker = breaker_status(cloud)
+    if breaker is not None:
+        metrics.set_breaker(breaker["state"], breaker["consecutive_failures"])
+
+
+def breaker_status(cloud: ImageBackend | None) -> dict | None:
+    """The cloud client's circuit (state, seconds until a trial, failures), or None without a cloud."""
+    if cloud is None or not hasattr(cloud, "breaker_status"):
+        return None
+    return cloud.breaker_status().as_dict()
 
 
 @router.get("/metrics", include_in_schema=False)
-async def prometheus(metrics: MetricsDep, budget: BudgetDep, edge: EdgeDep) -> Response:
-    sample_gauges(metrics, budget, edge)
+async def prometheus(metrics: MetricsDep, budget: BudgetDep, edge: EdgeDep, cloud: CloudDep) -> Response:
+    sample_gauges(metrics, budget, edge, cloud)
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 
@@ -37,6 +49,7 @@ async def status(request: Request, budget: BudgetDep, edge: EdgeDep, cloud: Clou
         "budget": budget.snapshot(),
         "ready": hasattr(request.app.state, "gateway") and edge.ready(),
         "cloud_configured": cloud is not None,
+        "cloud_breaker": breaker_status(cloud),
         "edge_queue_depth": edge.queue_depth() if hasattr(edge, "queue_depth") else None,
         "admin_enabled": settings.admin_token is not None,
     }
@@ -53,6 +66,7 @@ async def readyz(request: Request, edge: EdgeDep, cloud: CloudDep) -> JSONRespon
         "router": hasattr(request.app.state, "gateway"),
         "edge": edge.ready(),
         "cloud": cloud.ready() if cloud is not None else None,
+        "cloud_breaker": breaker_status(cloud),
     }
     ready = parts["router"] and parts["edge"]
     return JSONResponse({"ready": ready, **parts}, status_code=200 if ready else 503)

@@ -53,7 +53,7 @@ def calibrate_checkpoint(router_dir: str | Path, prompts: Sequence[str] | str | 
     """α for a router checkpoint on calibration prompts (a list, or a prompt file `data.read_prompts` reads).
 
     Returns α, the realised cloud fraction on those prompts, and whether the ½ cap bound."""
-    from router_model.data import read_prompts
+    from router_model.lab.data import read_prompts
     from router_model.model import RouteT2IRouter
 
     rho = _check_rho(rho)

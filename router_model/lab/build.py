@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from router_model.data import (
+from router_model.lab.data import (
     DatasetError,
     RoutingExample,
     append_examples,

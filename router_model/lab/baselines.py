@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from router_model.data import RoutingExample, quality_arrays
 from router_model.encoder import DEFAULT_ENCODER, TextEncoder, TokenStates
+from router_model.lab.data import RoutingExample, quality_arrays
 from router_model.prs import fit_prs_stats, pareto_relative_superiority
 
 
@@ -342,8 +342,8 @@ class RouteT2IMethod(BaseRouter):
     def fit(self, train: Sequence[RoutingExample], train_states: TokenStates | None = None) -> BaseRouter:
         if self.checkpoint is not None:
             return self  # a given checkpoint is evaluated as it is
+        from router_model.lab.train import train_router
         from router_model.model import RouterConfig
-        from router_model.train import train_router
 
         kwargs: dict[str, Any] = {"progress": False, "log": None} | self.train_kwargs
         config = RouterConfig(**self.config) if self.config else None

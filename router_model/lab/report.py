@@ -14,17 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from router_model.data import IMPORTERS
 from router_model.encoder import DEFAULT_ENCODER, TextEncoder
-from router_model.evaluate import (
-    NOT_BASELINES,
-    bootstrap_markdown,
-    evaluate,
-    markdown_table,
-    plot_delta_p,
-    plot_noun_win_rate,
-    result_json,
-)
+from router_model.lab.data import IMPORTERS
+from router_model.lab.evaluate import NOT_BASELINES, evaluate
+from router_model.lab.plots import plot_delta_p, plot_noun_win_rate
+from router_model.lab.results import bootstrap_markdown, markdown_table, result_json
 
 COMMAND = "routet2i evaluate --results-page docs/ --repeats {repeats}{ablations}"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from router_model.complexity import outcome
-from router_model.data import AGIQA_DIMS, DatasetError, RoutingExample, label_with_prs
+from router_model.lab.data import AGIQA_DIMS, DatasetError, RoutingExample, label_with_prs
+from router_model.lab.noun_buckets import outcome
 
 
 def detect_source(path: str | Path) -> str:

@@ -1,0 +1,89 @@
+"""What a training run feeds on: PRS labels, the validation split, cached token states in batches."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from router_model.encoder import TextEncoder, TokenStates
+from router_model.lab.data import DatasetError, RoutingExample, kfold_splits, quality_arrays
+from router_model.model import RouterConfig
+from router_model.prs import PRSStats, fit_prs_stats, normalized_distances, prs_from_distances
+
+
+def prs_targets(examples: Sequence[RoutingExample], stats: PRSStats) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised distances D [n, k] and PRS [n] of the examples under `stats`."""
+    q_edge, q_cloud = quality_arrays(examples)
+    distances = normalized_distances(q_edge, q_cloud, stats)
+    return distances, prs_from_distances(distances, stats)
+
+
+def validation_split(
+    examples: Sequence[RoutingExample], val_fraction: float, seed: int = 0, fold: int = 0
+) -> tuple[list[int], list[int]]:
+    """(fit_idx, val_idx) with about `val_fraction` of the prompts held out, grouped by prompt text.
+
+    The prompts are cut into round(1 / val_fraction) folds (by `seed`); `fold` picks the held-out one."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0.0:
+        return list(range(len(examples))), []
+    folds = max(2, round(1.0 / val_fraction))
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in [0, {folds}) for val_fraction {val_fraction}, got {fold}")
+    try:
+        fit_idx, val_idx = kfold_splits(examples, k=folds, seed=seed)[fold]
+    except DatasetError as exc:
+        raise DatasetError(f"cannot hold out {val_fraction:.0%} of the prompts for validation: {exc}") from exc
+    return fit_idx, val_idx
+
+
+@contextmanager
+def single_thread(enabled: bool) -> Iterator[None]:
+    """Run the head's tiny CPU ops on one thread: on a busy 2-core machine the default two threads
+    made an epoch about 5x slower (measured), and the head gains nothing from intra-op parallelism."""
+    previous = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclasses.dataclass
+class Batches:
+    """Token states (cached) or prompts (fine-tuning) with their labels, on the training device."""
+
+    prompts: list[str]
+    distances: torch.Tensor
+    prs: torch.Tensor
+    states: TokenStates | None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def inputs(self, index: Sequence[int], encoder: TextEncoder | None, device: torch.device) -> TokenStates:
+        if self.states is not None:
+            part = self.states.subset(index)
+            return TokenStates(part.states.to(device), part.mask.to(device))
+        assert encoder is not None
+        return encoder.forward_tokens(encoder.tokenize([self.prompts[i] for i in index]))
+
+
+def resolve_stats(train: Sequence[RoutingExample], stats: PRSStats | None, config: RouterConfig | None) -> PRSStats:
+    if stats is None and config is not None and config.prs_stats is not None:
+        stats = config.stats()
+    if stats is None:
+        q_edge, q_cloud = quality_arrays(train)
+        stats = fit_prs_stats(q_edge, q_cloud, train[0].metrics)
+    if list(stats.metrics) != list(train[0].metrics):
+        raise DatasetError(
+            f"PRS statistics are for metrics {stats.metrics} but the examples have {train[0].metrics}; "
+            "use the statistics of this dataset (its .prs.json sidecar) or let training fit them"
+        )
+    return stats
