@@ -15,5 +15,5 @@ router = APIRouter()
 async def console() -> Response:
     index = STATIC_DIR / "index.html"
     if not index.exists():
-        return JSONResponse({"detail": "no console page in this build; see /docs for the API"}, status_code=404)
+        return JSONResponse({"detail": "no console page in this build; see /openapi.json for the API"}, status_code=404)
     return FileResponse(index)
