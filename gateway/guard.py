@@ -162,11 +162,21 @@ class RequestGuard:
                     return b"".join(chunks)
 
     async def _run_watched(self, scope: Scope, read_ahead: _ReadAhead, send: Send, status: dict[str, int]) -> None:
-        """Run the app; cancel it if the client goes away first (status 499 unless a response had started)."""
-        app = asyncio.create_task(self.app(scope, read_ahead.receive, send))
+        """Run the app; cancel it if the client goes away before the response is complete (then counted as 499
+        unless a response had started). What the app does after its response (background tasks) is not cut."""
+        answered = asyncio.Event()
+
+        async def send_watched(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered.set()
+
+        app = asyncio.create_task(self.app(scope, read_ahead.receive, send_watched))
         watcher = asyncio.create_task(read_ahead.watch())
         try:
             await asyncio.wait({app, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not app.done() and answered.is_set():  # the server reports "disconnect" once the response is out
+                await app
         finally:
             if not app.done():  # the client went away (or this task itself is being cancelled)
                 app.cancel()

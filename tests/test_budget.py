@@ -270,12 +270,20 @@ def test_rho_and_cost_cap_survive_a_new_store_on_the_same_state_file(tmp_path):
 
 
 def test_failed_persist_keeps_old_rho(tmp_path):
-    blocker = tmp_path / "not_a_dir"
-    blocker.write_text("")
-    store = InMemoryBudgetStore(0.3, state_path=blocker / "budget.json")
+    folder = tmp_path / "state"
+    store = InMemoryBudgetStore(0.3, state_path=folder / "budget.json")
+    folder.rmdir()
+    folder.write_text("")  # the folder became a file: every write fails from now on
     with pytest.raises(OSError):
         store.set_rho(0.6)
     assert store.settings().rho == 0.3
+
+
+def test_unwritable_state_file_is_refused_at_start(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    with pytest.raises(BudgetStateError, match="not_a_dir.*cannot be written"):
+        InMemoryBudgetStore(0.3, state_path=blocker / "budget.json")
 
 
 @pytest.mark.parametrize(
