@@ -282,3 +282,21 @@ def test_three_processes_hold_rho_on_one_drifting_stream_of_real_prompts(redis_s
     sums = np.concatenate([[0], np.cumsum(cloud)])
     straddling = [(sums[s + 1000] - sums[s]) / 1000 for s in range(first_after - 999, first_after)]
     assert max(straddling) <= rho_after + 0.02
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
+def test_forced_cloud_obeys_the_caps_in_both_stores(redis_server, prefix, shared):
+    """A forced cloud call is refused by the window cap (ρ = 0) unless allowed past ρ, and by the cost cap always."""
+
+    def controller(suffix: str) -> BudgetController:
+        store = redis_store(redis_server, f"{prefix}{suffix}", rho=0.0, cost_cap=2) if shared else (
+            InMemoryBudgetStore(0.0, cost_cap=2))  # fmt: skip
+        return BudgetController(store)
+
+    strict = controller(":strict")
+    assert [strict.force("cloud").backend for _ in range(2)] == ["edge", "edge"]
+    assert strict.force("cloud").reason == "budget" and strict.force("edge").reason == "forced"
+    past_rho = controller(":past-rho")
+    kept = [past_rho.force("cloud", may_exceed_rho=True) for _ in range(3)]
+    assert [(d.backend, d.reason) for d in kept] == [("cloud", "forced")] * 2 + [("edge", "budget")]
+    assert past_rho.snapshot()["cloud_calls_last_minute"] == 2
