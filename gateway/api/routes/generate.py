@@ -28,8 +28,10 @@ router = APIRouter()
 
 ERRORS = {
     400: {"model": ErrorResponse, "description": "Refused by the cloud provider's content filter"},
+    408: {"model": ErrorResponse, "description": "Body not complete within body_read_timeout_s"},
     411: {"model": ErrorResponse, "description": "Chunked body without Content-Length"},
     413: {"model": ErrorResponse, "description": "Body larger than max_body_bytes"},
+    431: {"model": ErrorResponse, "description": "Headers larger than max_header_bytes"},
     429: {"model": ErrorResponse, "description": "Too many requests in flight; see Retry-After"},
     503: {"model": ErrorResponse, "description": "Backend busy or failed; see Retry-After"},
 }
