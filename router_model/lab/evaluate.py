@@ -182,8 +182,9 @@ def _bootstrap_sections(
         } | result
 
     best = max(baselines, key=lambda m: methods[m]["delta_p"]["0.5"])
+    other = "" if reference in ("routet2i", "checkpoint") else "other "
     length = against("prompt_length", "prompt length") if "prompt_length" in baselines else None
-    return against(best, "the best baseline by ΔP(50%)"), length
+    return against(best, f"the best {other}baseline by ΔP(50%)"), length
 
 
 # ---------------------------------------------------------------- the entry point
