@@ -138,3 +138,22 @@ def test_checkpoint_on_a_pair_with_no_training_data(files, capsys):
 def test_evaluate_without_training_data_or_checkpoint_is_refused(files, capsys):
     assert main(["evaluate", "--test", str(files / "test.jsonl")]) == 2
     assert "--router DIR --test" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prompt_states_encode_each_prompt_once_for_a_loop_of_transfers(files):
+    from router_model.lab.data import read_examples
+    from router_model.lab.protocols import PromptStates, evaluate_transfer
+
+    sets = {name: read_examples(files / f"{name}.jsonl") for name in ("a", "b", "c", "test")}
+    cache = PromptStates(list(sets.values()))
+    assert len(cache.row) == len({ex.prompt for s in sets.values() for ex in s})
+    quiet = {"methods": ["prompt_length", "knn", "oracle"], "bootstrap": 0, "log": None}
+    cached = evaluate_transfer([sets["a"], sets["b"]], sets["test"], prompt_states=cache, **quiet)
+    fresh = evaluate_transfer([sets["a"], sets["b"]], sets["test"], **quiet)
+    assert cached["n_train_dropped"] == fresh["n_train_dropped"] > 0
+    for name in ("prompt_length", "oracle"):
+        assert cached["methods"][name]["delta_p"] == fresh["methods"][name]["delta_p"]
+    assert cached["methods"]["knn"]["auc"] == pytest.approx(fresh["methods"]["knn"]["auc"], abs=1.0)
+    with pytest.raises(KeyError, match="not encoded"):
+        PromptStates([sets["a"]]).of(sets["test"])

@@ -90,7 +90,7 @@ class KNNRouter(BaseRouter):
 
     name = "knn"
     needs_states = True
-    ks: ClassVar[tuple[int, ...]] = (1, 2, 4, 8, 16, 32, 64)
+    ks: ClassVar[tuple[int, ...]] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
     def __init__(self, seed: int = 0, val_fraction: float = 0.2):
         self.seed, self.val_fraction = seed, val_fraction
