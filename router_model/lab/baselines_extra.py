@@ -167,8 +167,9 @@ class _MFNet(nn.Module):
         self.models = nn.Embedding(models, dim)
         self.out = nn.Linear(dim, 1)
 
-    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return self.out(self.models(m) * self.proj(x))[:, 0]
+    def forward(self, x: torch.Tensor, p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Scores of rows (prompt p, model m); `x` holds each prompt's features once."""
+        return self.out(self.models(m) * self.proj(x)[p])[:, 0]
 
     def penalty(self, x: torch.Tensor) -> torch.Tensor:
         return torch.zeros(())
@@ -184,8 +185,9 @@ class _IRTNet(nn.Module):
         self.bias = nn.Embedding(models, 1)
         nn.init.zeros_(self.bias.weight)
 
-    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return self.bias(m)[:, 0] + (self.theta(x) * self.ability(m)).sum(dim=1)
+    def forward(self, x: torch.Tensor, p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Qualities of rows (prompt p, model m); `x` holds each prompt's features once."""
+        return self.bias(m)[:, 0] + (self.theta(x)[p] * self.ability(m)).sum(dim=1)
 
     def penalty(self, x: torch.Tensor) -> torch.Tensor:
         return 1e-2 * self.theta(x).pow(2).sum(dim=1).mean()
@@ -246,12 +248,12 @@ class _ModelQualityRouter(BaseRouter):
                 for _ in range(self.epochs):
                     module.train()
                     opt.zero_grad()
-                    loss = nn.functional.mse_loss(module(x[p_tr], m_tr), y_tr) + module.penalty(x[tr])
+                    loss = nn.functional.mse_loss(module(x, p_tr, m_tr), y_tr) + module.penalty(x[tr])
                     loss.backward()
                     opt.step()
                     module.eval()
                     with torch.no_grad():
-                        val_loss = float(nn.functional.mse_loss(module(x[p_val], m_val), y_val))
+                        val_loss = float(nn.functional.mse_loss(module(x, p_val, m_val), y_val))
                     if val_loss < run_best - 1e-5:
                         run_best, run_state, waited = val_loss, _snapshot(module), 0
                     else:
@@ -273,7 +275,7 @@ class _ModelQualityRouter(BaseRouter):
         names = [ex.edge_model if role == "edge" else ex.cloud_model for ex in examples]
         ids = self._ids(names, GENERIC_EDGE if role == "edge" else GENERIC_CLOUD, grow=False)
         with torch.no_grad():
-            return self.module(x, ids).double().numpy()
+            return self.module(x, torch.arange(len(x)), ids).double().numpy()
 
     def cloud_advantage(self, examples: Sequence[RoutingExample], states: TokenStates | None = None) -> np.ndarray:
         states = _check_states(examples, states, self.name)
