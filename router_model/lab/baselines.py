@@ -392,3 +392,6 @@ def make_router(name: str, **kw: Any) -> BaseRouter:
     if name not in SEEDED:
         kw.pop("seed", None)
     return ROUTERS[name](**kw)
+
+
+from router_model.lab import baselines_extra  # noqa: E402, F401  (registers knn, mlp, matrix_factorization, irt)

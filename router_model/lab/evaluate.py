@@ -23,6 +23,7 @@ from router_model.lab.baselines import (
     make_router,
     torch_threads,
 )
+from router_model.lab.baselines_extra import TRAINING_FREE
 from router_model.lab.data import RoutingExample, check_consistent, kfold_splits, quality_arrays, stable_seed
 from router_model.lab.delta_p import (
     TARGETS,
@@ -34,6 +35,7 @@ from router_model.lab.delta_p import (
     rho_key,
     route_quality,
 )
+from router_model.lab.training_sets import check_training_metrics, single_pair_view
 
 NOT_BASELINES = {"oracle", "routet2i", "checkpoint", *ABLATIONS}
 
@@ -94,12 +96,14 @@ def _out_of_fold_scores(
     scores: dict[str, list[np.ndarray]] = {name: [] for name in factories}
     for fold, (train_idx, test_idx) in enumerate(splits):
         train = [examples[i] for i in train_idx]
+        one_pair = single_pair_view(train)  # what the pair-only methods train on when the data mixes pairs
         test = [examples[i] for i in test_idx]
         train_states = states.subset(train_idx) if states is not None else None
         test_states = states.subset(test_idx) if states is not None else None
         for name, factory in factories.items():
             log(f"fold {fold + 1}/{len(splits)}: {name}")
-            router = factory().fit(train, train_states)
+            router = factory()
+            router.fit(train if getattr(router, "uses_model_ids", False) else one_pair, train_states)
             values = np.asarray(router.cloud_advantage(test, test_states), dtype=np.float64)
             if values.shape != (len(test),):
                 raise RuntimeError(f"{name} returned {values.shape} scores for {len(test)} prompts")
@@ -140,7 +144,16 @@ def _summarise(
     }
 
 
-def _bootstrap_section(
+def bootstrap_reference(names: Sequence[str], methods: dict[str, Any]) -> str | None:
+    """The method the bootstraps test: RouteT2I (trained or a checkpoint), else the best learned method."""
+    for name in ("routet2i", "checkpoint"):
+        if name in names:
+            return name
+    learned = [m for m in names if m not in NOT_BASELINES and m not in TRAINING_FREE]
+    return max(learned, key=lambda m: methods[m]["delta_p"]["0.5"]) if learned else None
+
+
+def _bootstrap_sections(
     methods: dict[str, Any],
     pooled: dict[str, np.ndarray],
     q_edge: np.ndarray,
@@ -149,16 +162,29 @@ def _bootstrap_section(
     rhos: np.ndarray,
     resamples: int,
     seed: int,
-) -> dict[str, Any] | None:
-    reference = "routet2i" if "routet2i" in pooled else ("checkpoint" if "checkpoint" in pooled else None)
-    baselines = [m for m in pooled if m not in NOT_BASELINES]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Paired bootstraps of the reference against the best other baseline and against `prompt_length`."""
+    reference = bootstrap_reference(list(pooled), methods)
+    baselines = [m for m in pooled if m not in NOT_BASELINES and m != reference]
     if reference is None or not baselines or resamples <= 0:
-        return None
+        return None, None
+
+    def against(other: str, why: str) -> dict[str, Any]:
+        result = paired_bootstrap(
+            pooled[reference], pooled[other], q_edge, q_cloud, rhos, tiebreak, resamples=resamples, seed=seed
+        )
+        return {
+            "method": reference,
+            "baseline": other,
+            "why": why,
+            "pooled": "out-of-fold scores",
+            "seed": seed,
+        } | result
+
     best = max(baselines, key=lambda m: methods[m]["delta_p"]["0.5"])
-    result = paired_bootstrap(
-        pooled[reference], pooled[best], q_edge, q_cloud, rhos, tiebreak, resamples=resamples, seed=seed
-    )
-    return {"method": reference, "baseline": best, "pooled": "out-of-fold scores", "seed": seed} | result
+    other = "" if reference in ("routet2i", "checkpoint") else "other "
+    length = against("prompt_length", "prompt length") if "prompt_length" in baselines else None
+    return against(best, f"the best {other}baseline by ΔP(50%)"), length
 
 
 # ---------------------------------------------------------------- the entry point
@@ -188,22 +214,20 @@ def evaluate(
     the paired bootstrap uses the first repeat's out-of-fold scores.
 
     Modes: k-fold CV over `examples` (default); `train_examples` given → train on those, test on
-    `examples` (one split); `router_dir` given → also evaluate that checkpoint as method "checkpoint"
-    (never trained; scored with its own encoder; only meaningful on prompts it was not trained on).
-    `states` are precomputed token states of the evaluated prompts (of train_examples + examples in
-    the train/test mode). Names of methods: `baselines.ROUTERS` plus "checkpoint".
+    `examples` (one split; the training data may hold several model pairs and other metrics than the
+    test pair, but one metric list: see `training_sets`); `train_examples=[]` → no training at all, only
+    the methods of `TRAINING_FREE` and a checkpoint; `router_dir` given → also evaluate that checkpoint
+    as method "checkpoint" (never trained; scored with its own encoder; only meaningful on prompts it
+    was not trained on). `states` are precomputed token states of the evaluated prompts (of
+    train_examples + examples in the train/test mode). Names of methods: `baselines.ROUTERS` plus
+    "checkpoint". `protocols` wraps the train/test and checkpoint-only modes for several training sets.
     """
     log = log or (lambda *_a, **_k: None)
     examples = list(examples)
     check_consistent(examples, "evaluation data")
     if train_examples is not None:
         train_examples = list(train_examples)
-        check_consistent(train_examples, "training data")
-        if train_examples[0].metrics != examples[0].metrics:
-            raise ValueError(
-                f"training data has metrics {train_examples[0].metrics} but test data {examples[0].metrics}; "
-                "use datasets scored on the same metrics"
-            )
+        check_training_metrics(train_examples)
     names = list(methods) if methods is not None else default_methods(ablations)
     if router_dir is not None and "checkpoint" not in names:
         names.append("checkpoint")
@@ -212,6 +236,9 @@ def evaluate(
     unknown = [n for n in names if n not in ROUTERS and n != "checkpoint"]
     if unknown:
         raise ValueError(f"unknown routing method {unknown[0]!r}; choose from {', '.join(ROUTERS)}")
+    untrained = [n for n in names if n not in TRAINING_FREE and n != "checkpoint"]
+    if train_examples is not None and not train_examples and untrained:
+        raise ValueError(f"no training data for {', '.join(untrained)}; only {', '.join(TRAINING_FREE)} need none")
     rhos = rho_grid(rho_step)
 
     everything = (train_examples or []) + examples
@@ -246,7 +273,9 @@ def evaluate(
     scores = out_of_fold_scores(pool, splits, factories, states, log=log)
 
     dims = list(examples[0].metrics)
-    q_e_all, q_c_all = quality_arrays(pool)
+    q_e_all, q_c_all = (
+        np.vstack([np.zeros((len(pool) - len(examples), len(dims))), q]) for q in quality_arrays(examples)
+    )
     tb_all = prompt_tiebreak(pool)
     folds_q = [(q_e_all[test], q_c_all[test], tb_all[test]) for _, test in splits]
     result_methods = {name: _summarise(scores[name], folds_q, rhos, dims) for name in names}
@@ -254,7 +283,7 @@ def evaluate(
     first = len(splits) // repeats if train_examples is None else len(splits)  # the first repeat's folds
     test_idx = np.concatenate([np.asarray(test, dtype=np.int64) for _, test in splits[:first]])
     pooled = {name: np.concatenate(scores[name][:first]) for name in names}
-    bootstrap_result = _bootstrap_section(
+    bootstrap_result, bootstrap_length = _bootstrap_sections(
         result_methods, pooled, q_e_all[test_idx], q_c_all[test_idx], tb_all[test_idx], rhos, bootstrap, seed
     )
     edge_only = np.mean([qe.mean(axis=0) for qe, _, _ in folds_q], axis=0)
@@ -264,7 +293,7 @@ def evaluate(
         "n_train_prompts": len(train_examples) if train_examples is not None else None,
         "folds": len(splits) // repeats if train_examples is None else 1,
         "repeats": repeats if train_examples is None else 1,
-        "mode": "train-test" if train_examples is not None else "k-fold",
+        "mode": "k-fold" if train_examples is None else ("train-test" if train_examples else "checkpoint"),
         "seed": seed,
         "edge_model": examples[0].edge_model,
         "cloud_model": examples[0].cloud_model,
@@ -277,4 +306,5 @@ def evaluate(
         }
         | {name: result_methods[name]["per_dimension"] for name in names},
         "bootstrap": bootstrap_result,
+        "bootstrap_prompt_length": bootstrap_length,
     }

@@ -87,7 +87,8 @@ def _header(
             "the trapezoid area under ΔP over ρ ∈ [0, 1] (random ≈ 50). Cloud-call reduction at a ΔP target "
             "p is 1 − min{ρ on the 5% grid : ΔP(ρ) ≥ p} (— when never reached).",
             f"- Paired bootstrap: {bootstrap} resamples (seed {seed}) of the test prompts with the out-of-fold "
-            "scores of the first repeat pooled across its folds.",
+            "scores of the first repeat pooled across its folds, of the router against the best baseline and "
+            "against `prompt_length`.",
             f"- Paper's numbers: {PAPER_NOTE}",
             "",
             "",

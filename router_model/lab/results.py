@@ -59,11 +59,24 @@ def markdown_table(result: dict[str, Any]) -> str:
     )
 
 
-def bootstrap_markdown(result: dict[str, Any]) -> str:
-    """The paired bootstrap of the router against the best baseline, as a sentence and a table."""
-    b = result.get("bootstrap")
-    if not b:
-        return "No paired bootstrap (RouteT2I or a baseline was not evaluated).\n"
+def protocol_line(result: dict[str, Any]) -> str:
+    """How the numbers were made, in a few words (k-fold, train/test with what dropped, or checkpoint only)."""
+    mode = result.get("mode", "k-fold")
+    if mode == "k-fold":
+        return f"{result['folds']}-fold CV × {result.get('repeats', 1)} split seeds"
+    if mode == "checkpoint":
+        skipped = result.get("skipped") or []
+        return f"a given checkpoint on {result['n_prompts']} test prompts, no training data" + (
+            f"; skipped (need training): {', '.join(skipped)}" if skipped else ""
+        )
+    sizes = result.get("train_set_sizes")
+    sets = f" from {len(sizes)} set(s) of {', '.join(map(str, sizes))}" if sizes else ""
+    dropped = result.get("n_train_dropped")
+    dropped_note = f", {dropped} dropped as test prompts" if dropped is not None else ""
+    return f"trained on {result['n_train_prompts']} examples{sets}{dropped_note}; tested on {result['n_prompts']}"
+
+
+def _bootstrap_block(b: dict[str, Any]) -> str:
     rows = [
         [
             label,
@@ -76,6 +89,17 @@ def bootstrap_markdown(result: dict[str, Any]) -> str:
     head = ["statistic", "mean difference", "95% CI", f"share of resamples where {b['method']} wins"]
     intro = (
         f"Paired bootstrap over test prompts ({b['delta_p_0.5']['resamples']} resamples, seed {b['seed']}, "
-        f"{b['pooled']}): **{b['method']} − {b['baseline']}** (the best baseline by ΔP(50%))."
+        f"{b['pooled']}): **{b['method']} − {b['baseline']}** ({b.get('why', 'the best baseline by ΔP(50%)')})."
     )
     return f"{intro}\n\n{table(head, rows, align='llll')}\n"
+
+
+def bootstrap_markdown(result: dict[str, Any]) -> str:
+    """The paired bootstraps of the router (or the best learned method) against the best baseline and
+    against `prompt_length`, each as a sentence and a table."""
+    blocks = [b for b in (result.get("bootstrap"), result.get("bootstrap_prompt_length")) if b]
+    if not blocks:
+        return "No paired bootstrap (RouteT2I or a baseline was not evaluated).\n"
+    if len(blocks) == 2 and blocks[0]["baseline"] == blocks[1]["baseline"]:
+        blocks = blocks[:1]  # prompt_length is the best baseline: one table says both
+    return "\n".join(_bootstrap_block(b) for b in blocks)
