@@ -315,7 +315,8 @@ def test_rho_change_is_live_persisted_and_survives_a_restart(http, gateway, mode
             metrics = scrape(restarted.url)
             assert served(metrics, "edge", "fallback") == 1
             assert sample(metrics, "routet2i_backend_errors_total", backend="cloud", kind="not_configured") == 1
-            assert other.get("/readyz").json() == {"ready": True, "router": True, "edge": True, "cloud": None}
+            readyz = other.get("/readyz").json()
+            assert readyz == {"ready": True, "router": True, "edge": True, "cloud": None, "cloud_breaker": None}
     finally:
         assert http.put("/admin/budget", json={"rho": 0.3}, headers=ADMIN).status_code == 200
 
@@ -400,7 +401,9 @@ def test_body_over_max_body_bytes_is_413(http, gateway):
 
 def test_health_readiness_and_status(http):
     assert http.get("/healthz").json() == {"status": "ok"}
-    assert http.get("/readyz").json() == {"ready": True, "router": True, "edge": True, "cloud": True}
+    readyz = http.get("/readyz").json()
+    assert readyz.pop("cloud_breaker") == {"state": "closed", "retry_in_s": 0.0, "consecutive_failures": 0}
+    assert readyz == {"ready": True, "router": True, "edge": True, "cloud": True}
     status = http.get("/v1/status").json()
     assert status["ready"] and status["cloud_configured"] and status["admin_enabled"]
     assert ADMIN_TOKEN not in json.dumps(status) and WORKER_TOKEN not in json.dumps(status)
