@@ -126,7 +126,8 @@ class BudgetController:
         state = self.store.state(now)
         alpha = self._alpha(state)
         kept = self._commit("cloud" if prs < alpha else "edge", "model", prs, now, enforce_caps=True)
-        return replace(kept, prs=prs, alpha=alpha, rho=state.rho)
+        # The ρ the atomic commit enforced (another replica may have changed ρ since `state` was read).
+        return replace(kept, prs=prs, alpha=alpha, rho=kept.rho if kept.rho is not None else state.rho)
 
     def preview(self, prs: float, *, private: bool = False) -> Decision:
         """The decision a request with this score would get now, caps included, without counting it (POST /route).
