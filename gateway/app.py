@@ -19,6 +19,7 @@ from gateway.api.routes.console import STATIC_DIR
 from gateway.api.routes.ops import sample_gauges
 from gateway.budget import BudgetController, BudgetStore, FailoverBudgetStore, InMemoryBudgetStore, RedisBudgetStore
 from gateway.guard import RequestGuard
+from gateway.keys import ClientRefused, build_client_gate
 from gateway.metrics import GatewayMetrics, ensure_multiprocess_dir, multiprocess_dir
 from gateway.routing import PromptScorer, ScoringService
 from gateway.serving import Gateway, GatewayError
@@ -129,12 +130,14 @@ def create_app(
     app = FastAPI(title="RouteT2I gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.budget, app.state.metrics = settings, budget, metrics
     app.state.edge, app.state.cloud = edge, cloud
+    app.state.clients = build_client_gate(settings, metrics.registry)
     app.state.in_flight = 0
     app.add_middleware(
         RequestGuard, metrics=metrics, max_body_bytes=settings.max_body_bytes, max_in_flight=settings.max_in_flight,
         state=app.state,
     )  # fmt: skip
     app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(ClientRefused, client_refused)
     app.include_router(api_router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -145,3 +148,8 @@ async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
     """A `GatewayError` as JSON with its status, kind and (when it has one) Retry-After."""
     headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
     return JSONResponse({"detail": exc.detail, "kind": exc.kind}, status_code=exc.status, headers=headers)
+
+
+async def client_refused(_: Request, exc: ClientRefused) -> JSONResponse:
+    """A refused client key (401, 403, 429 with Retry-After) as JSON."""
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers())

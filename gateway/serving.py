@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -43,6 +44,9 @@ class ServeRequest:
     generation: GenerationRequest
     route: Literal["auto", "edge", "cloud"] = "auto"  # auto: the router and the budget decide
     private: bool = False  # True: the prompt never leaves the edge
+    # A client key's cloud share (gateway.keys): told whether this request would go to the cloud, says whether
+    # the key may, counting the decision in the key's window. None: no per-key share.
+    cloud_gate: Callable[[bool], bool] | None = None
 
 
 @dataclass
@@ -101,12 +105,22 @@ class Gateway:
 
     async def _decide(self, job: ServeRequest) -> tuple[Decision, int | None]:
         """(route, ticket): the ticket of a counted model decision, None when counted later by `_count`."""
+        gate = job.cloud_gate
         if job.private:
+            if gate is not None:
+                gate(False)
             return Decision("edge", "private", rho=self.budget.rho), None
         if job.route != "auto":
+            if gate is not None and not gate(job.route == "cloud") and job.route == "cloud":
+                raise GatewayError(429, "this API key's cloud share is used up; send route=auto", retry_after=60,
+                                   kind="key_cloud_share")  # fmt: skip
             return Decision(job.route, "forced", rho=self.budget.rho), None
         score = await self.score(job.generation.prompt)
         decision = self.budget.decide(score.prs)
+        if gate is not None and not gate(decision.cloud) and decision.cloud:
+            # The key's own share is used up: the budget's decision goes to the edge, as if a cap refused it.
+            self.budget.record("edge", "budget", ticket=decision.ticket)
+            decision = replace(decision, backend="edge", reason="budget")
         return decision, decision.ticket
 
     async def _serve(self, request: GenerationRequest, route: Decision, ticket: int | None) -> Served:

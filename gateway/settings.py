@@ -19,6 +19,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gateway.keys.model import ApiKey
+
 DEFAULT_ROUTER = Path(__file__).resolve().parents[1] / "router_model" / "checkpoints" / "default"
 
 
@@ -68,6 +70,9 @@ class Settings(BaseSettings):
 
     # service
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin; unset = admin off.")
+    require_api_key: bool = Field(False, description="Clients must send Authorization: Bearer <key> (401 if not).")
+    api_keys: list[ApiKey] = Field(default_factory=list, description="Client keys (SHA-256 only) and their limits.")
+    api_keys_file: str | None = Field(None, description="JSON keys file; admin-created keys go there without Redis.")
     log_prompts: bool = Field(False, description="Log prompt text (off: prompts can be private).")
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_in_flight: int = Field(256, ge=1, description="Generation requests in flight before 429.")

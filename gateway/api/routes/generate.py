@@ -9,6 +9,7 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from backends.base import GenerationRequest, result_pngs
+from gateway.api.auth import ClientDep, ClientsDep, keyed
 from gateway.api.deps import GatewayDep
 from gateway.schemas import (
     ErrorResponse,
@@ -28,9 +29,11 @@ router = APIRouter()
 
 ERRORS = {
     400: {"model": ErrorResponse, "description": "Refused by the cloud provider's content filter"},
+    401: {"model": ErrorResponse, "description": "Missing, wrong or revoked API key (when keys are required)"},
+    403: {"model": ErrorResponse, "description": "The API key may not use the requested backend"},
     411: {"model": ErrorResponse, "description": "Chunked body without Content-Length"},
     413: {"model": ErrorResponse, "description": "Body larger than max_body_bytes"},
-    429: {"model": ErrorResponse, "description": "Too many requests in flight; see Retry-After"},
+    429: {"model": ErrorResponse, "description": "In-flight cap or a key's limit; see Retry-After"},
     503: {"model": ErrorResponse, "description": "Backend busy or failed; see Retry-After"},
 }
 
@@ -58,10 +61,14 @@ async def images(served: Served) -> list[ImageData]:
 
 
 @router.post("/generate", response_model=GenerateResponse, responses=ERRORS, tags=["images"])
-async def generate(body: GenerateRequest, request: Request, response: Response, gw: GatewayDep) -> GenerateResponse:
+async def generate(
+    body: GenerateRequest, request: Request, response: Response, gw: GatewayDep, client: ClientDep, clients: ClientsDep
+) -> GenerateResponse:
     """Generate images; the router decides edge or cloud unless `route` or `private` says otherwise."""
+    job = keyed(clients, client, serve_request(body), private_given="private" in body.model_fields_set)
     request.state.counted = True  # Gateway.generate counts it in the metrics, whatever the outcome
-    served = await gw.generate(serve_request(body))
+    served = await gw.generate(job)
+    clients.served(client, served.route.backend, served.route.reason)
     route_headers(response, served)
     return GenerateResponse(
         created=int(time.time()), data=await images(served), seed=served.result.seed,
@@ -71,17 +78,21 @@ async def generate(body: GenerateRequest, request: Request, response: Response, 
 
 @router.post("/v1/images/generations", response_model=OpenAIImageResponse, responses=ERRORS, tags=["images"])
 async def openai_generations(
-    body: OpenAIImageRequest, request: Request, response: Response, gw: GatewayDep
+    body: OpenAIImageRequest, request: Request, response: Response, gw: GatewayDep, client: ClientDep,
+    clients: ClientsDep,
 ) -> OpenAIImageResponse:
     """OpenAI Images API shape, served through the same routing as /generate."""
+    job = serve_request(GenerateRequest(prompt=body.prompt, n=body.n, size=body.size))
+    job = keyed(clients, client, job, private_given=False)
     request.state.counted = True
-    served = await gw.generate(serve_request(GenerateRequest(prompt=body.prompt, n=body.n, size=body.size)))
+    served = await gw.generate(job)
+    clients.served(client, served.route.backend, served.route.reason)
     route_headers(response, served)
     return OpenAIImageResponse(created=int(time.time()), data=await images(served))
 
 
 @router.post("/route", response_model=ScoreResponse, tags=["routing"])
-async def route(body: ScoreRequest, gw: GatewayDep) -> ScoreResponse:
+async def route(body: ScoreRequest, gw: GatewayDep, client: ClientDep) -> ScoreResponse:
     """Score a prompt and say where it would go now (the budget's caps included); generates and counts nothing."""
     score, decision = await gw.preview(body.prompt, private=body.private)
     return ScoreResponse(
