@@ -19,6 +19,7 @@ from gateway.api.routes.console import STATIC_DIR
 from gateway.api.routes.ops import sample_gauges
 from gateway.budget import BudgetController, BudgetStore, FailoverBudgetStore, InMemoryBudgetStore, RedisBudgetStore
 from gateway.guard import RequestGuard
+from gateway.idempotency import build_idempotency
 from gateway.keys import ClientRefused, build_client_gate
 from gateway.metrics import GatewayMetrics, ensure_multiprocess_dir, multiprocess_dir
 from gateway.routing import PromptScorer, ScoringService
@@ -131,6 +132,7 @@ def create_app(
     app.state.settings, app.state.budget, app.state.metrics = settings, budget, metrics
     app.state.edge, app.state.cloud = edge, cloud
     app.state.clients = build_client_gate(settings, metrics.registry)
+    app.state.idempotency = build_idempotency(settings)
     app.state.in_flight = 0
     app.add_middleware(
         RequestGuard, metrics=metrics, max_body_bytes=settings.max_body_bytes, max_in_flight=settings.max_in_flight,

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     require_api_key: bool = Field(False, description="Clients must send Authorization: Bearer <key> (401 if not).")
     api_keys: list[ApiKey] = Field(default_factory=list, description="Client keys (SHA-256 only) and their limits.")
     api_keys_file: str | None = Field(None, description="JSON keys file; admin-created keys go there without Redis.")
+    idempotency_ttl_s: float = Field(86_400.0, gt=0, description="How long an Idempotency-Key's response is kept.")
+    jobs_db: str = Field(
+        "routet2i_jobs.sqlite3", description="SQLite file of jobs and idempotency keys without Redis."
+    )
     log_prompts: bool = Field(False, description="Log prompt text (off: prompts can be private).")
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_in_flight: int = Field(256, ge=1, description="Generation requests in flight before 429.")

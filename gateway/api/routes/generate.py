@@ -7,10 +7,13 @@ import base64
 import time
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from backends.base import GenerationRequest, result_pngs
 from gateway.api.auth import ClientDep, ClientsDep, keyed
 from gateway.api.deps import GatewayDep
+from gateway.api.idempotent import idempotent
+from gateway.keys import ApiKey, ClientGate
 from gateway.schemas import (
     ErrorResponse,
     GenerateRequest,
@@ -23,7 +26,7 @@ from gateway.schemas import (
     ScoreResponse,
     parse_size,
 )
-from gateway.serving import Served, ServeRequest
+from gateway.serving import Gateway, Served, ServeRequest
 
 router = APIRouter()
 
@@ -32,7 +35,9 @@ ERRORS = {
     401: {"model": ErrorResponse, "description": "Missing, wrong or revoked API key (when keys are required)"},
     403: {"model": ErrorResponse, "description": "The API key may not use the requested backend"},
     411: {"model": ErrorResponse, "description": "Chunked body without Content-Length"},
+    409: {"model": ErrorResponse, "description": "The first request with this Idempotency-Key is still running"},
     413: {"model": ErrorResponse, "description": "Body larger than max_body_bytes"},
+    422: {"model": ErrorResponse, "description": "Invalid body, or an Idempotency-Key reused with another body"},
     429: {"model": ErrorResponse, "description": "In-flight cap or a key's limit; see Retry-After"},
     503: {"model": ErrorResponse, "description": "Backend busy or failed; see Retry-After"},
 }
@@ -60,20 +65,34 @@ async def images(served: Served) -> list[ImageData]:
     return [ImageData(b64_json=base64.b64encode(png).decode()) for png in pngs]
 
 
-@router.post("/generate", response_model=GenerateResponse, responses=ERRORS, tags=["images"])
-async def generate(
-    body: GenerateRequest, request: Request, response: Response, gw: GatewayDep, client: ClientDep, clients: ClientsDep
-) -> GenerateResponse:
-    """Generate images; the router decides edge or cloud unless `route` or `private` says otherwise."""
+async def generate_response(
+    body: GenerateRequest, gw: Gateway, clients: ClientGate, client: ApiKey | None
+) -> tuple[GenerateResponse, Served]:
+    """What POST /generate answers for `body` (also what a job's result is): quotas, routing, generation."""
     job = keyed(clients, client, serve_request(body), private_given="private" in body.model_fields_set)
-    request.state.counted = True  # Gateway.generate counts it in the metrics, whatever the outcome
     served = await gw.generate(job)
     clients.served(client, served.route.backend, served.route.reason)
-    route_headers(response, served)
     return GenerateResponse(
         created=int(time.time()), data=await images(served), seed=served.result.seed,
         route=RouteInfo.model_validate(served.route),
-    )  # fmt: skip
+    ), served  # fmt: skip
+
+
+@router.post("/generate", response_model=GenerateResponse, responses=ERRORS, tags=["images"])
+async def generate(
+    body: GenerateRequest, request: Request, gw: GatewayDep, client: ClientDep, clients: ClientsDep
+) -> Response:
+    """Generate images; the router decides edge or cloud unless `route` or `private` says otherwise.
+    With an `Idempotency-Key` header, a retry with the same body gets the first response (generated once)."""
+
+    async def produce() -> JSONResponse:
+        request.state.counted = True  # Gateway.generate counts it in the metrics, whatever the outcome
+        answer, served = await generate_response(body, gw, clients, client)
+        response = JSONResponse(answer.model_dump(mode="json"))
+        route_headers(response, served)
+        return response
+
+    return await idempotent(request, client, body.model_dump(mode="json"), produce)
 
 
 @router.post("/v1/images/generations", response_model=OpenAIImageResponse, responses=ERRORS, tags=["images"])
