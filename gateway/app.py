@@ -16,10 +16,12 @@ from fastapi.staticfiles import StaticFiles
 from backends.base import ImageBackend
 from gateway.api import api_router
 from gateway.api.routes.console import STATIC_DIR
+from gateway.api.routes.jobs import job_executor
 from gateway.api.routes.ops import sample_gauges
 from gateway.budget import BudgetController, BudgetStore, FailoverBudgetStore, InMemoryBudgetStore, RedisBudgetStore
 from gateway.guard import RequestGuard
 from gateway.idempotency import build_idempotency
+from gateway.jobs import build_job_runner
 from gateway.keys import ClientRefused, build_client_gate
 from gateway.metrics import GatewayMetrics, ensure_multiprocess_dir, multiprocess_dir
 from gateway.routing import PromptScorer, ScoringService
@@ -114,6 +116,8 @@ def create_app(
         app.state.gateway = Gateway(
             scoring=scoring, budget=budget, metrics=metrics, edge=edge, cloud=cloud, log_prompts=settings.log_prompts
         )
+        app.state.jobs = build_job_runner(settings, job_executor(app))
+        await app.state.jobs.start()
         log.info("gateway ready: ρ=%.3f, cloud=%s", budget.rho, settings.cloud_kind if cloud else "none")
         stop_refresh = None
         if multiprocess_dir() is not None:  # keep this worker's gauges current between scrapes of any worker
@@ -123,6 +127,7 @@ def create_app(
         finally:
             if stop_refresh is not None:
                 stop_refresh.set()
+            await app.state.jobs.stop()
             await scoring.aclose()
             for backend in (edge, cloud):
                 if backend is not None:

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     api_keys: list[ApiKey] = Field(default_factory=list, description="Client keys (SHA-256 only) and their limits.")
     api_keys_file: str | None = Field(None, description="JSON keys file; admin-created keys go there without Redis.")
     idempotency_ttl_s: float = Field(86_400.0, gt=0, description="How long an Idempotency-Key's response is kept.")
+    jobs_concurrency: int = Field(4, ge=1, description="Jobs this process runs at once.")
+    jobs_lease_s: float = Field(30.0, gt=0, description="A running job's lease; renewed while it runs.")
+    jobs_ttl_s: float = Field(86_400.0, gt=0, description="How long a finished job and its result are kept.")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of job webhooks (needed for them).")
+    webhook_max_attempts: int = Field(6, ge=1)
+    webhook_backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles on every attempt.")
     jobs_db: str = Field(
         "routet2i_jobs.sqlite3", description="SQLite file of jobs and idempotency keys without Redis."
     )

@@ -27,12 +27,16 @@ def get_client(clients: ClientsDep, credentials: BearerDep) -> ApiKey | None:
 ClientDep = Annotated[ApiKey | None, Depends(get_client)]
 
 
-def keyed(clients: ClientGate, key: ApiKey | None, job: ServeRequest, *, private_given: bool) -> ServeRequest:
-    """Count the request against the key's quotas (429) and apply its arms (403), private default and share."""
+def keyed(
+    clients: ClientGate, key: ApiKey | None, job: ServeRequest, *, private_given: bool, admit: bool = True
+) -> ServeRequest:
+    """Count the request against the key's quotas (429; `admit=False`: counted already, when its job was accepted)
+    and apply its arms (403), private default and cloud share."""
     if key is None:
         return job
     if job.route != "auto" and job.route not in key.allowed_arms:
         raise ClientRefused(403, f"key {key.name!r} may not use the {job.route} backend")
-    clients.admit(key, job.generation.n)
+    if admit:
+        clients.admit(key, job.generation.n)
     private = job.private if private_given else (job.private or key.private)
     return replace(job, private=private, cloud_gate=clients.cloud_gate(key))

@@ -66,10 +66,10 @@ async def images(served: Served) -> list[ImageData]:
 
 
 async def generate_response(
-    body: GenerateRequest, gw: Gateway, clients: ClientGate, client: ApiKey | None
+    body: GenerateRequest, gw: Gateway, clients: ClientGate, client: ApiKey | None, *, admit: bool = True
 ) -> tuple[GenerateResponse, Served]:
     """What POST /generate answers for `body` (also what a job's result is): quotas, routing, generation."""
-    job = keyed(clients, client, serve_request(body), private_given="private" in body.model_fields_set)
+    job = keyed(clients, client, serve_request(body), private_given="private" in body.model_fields_set, admit=admit)
     served = await gw.generate(job)
     clients.served(client, served.route.backend, served.route.reason)
     return GenerateResponse(
