@@ -152,15 +152,21 @@ class Idempotency:
         self.store, self.ttl_s, self.wait_s = store, ttl_s, wait_s
 
     async def once(
-        self, scope: str, key: str, payload: Any, produce: Callable[[], Awaitable[Stored]]
+        self,
+        scope: str,
+        key: str,
+        payload: Any,
+        produce: Callable[[], Awaitable[Stored]],
+        *,
+        pending_s: float | None = None,
     ) -> tuple[Stored, bool]:
-        """(the response, whether it is a replay of an earlier one)."""
+        """(the response, whether it is a replay of an earlier one). `pending_s`: how long the reservation holds
+        while the first request runs (default wait_s + 60): a process killed mid-request frees the key then."""
         name, digest = f"{scope}:{key}", fingerprint(payload)
         deadline = time.monotonic() + self.wait_s
         while True:
-            # A reservation lives as long as a request may (a replica killed mid-request frees the key then).
-            pending_s = min(self.ttl_s, self.wait_s + 60)
-            state, stored = await asyncio.to_thread(self.store.reserve, name, digest, pending_s)
+            hold = min(self.ttl_s, pending_s if pending_s is not None else self.wait_s + 60)
+            state, stored = await asyncio.to_thread(self.store.reserve, name, digest, hold)
             if state == "mismatch":
                 raise IdempotencyMismatch(key)
             if state == "done":

@@ -18,7 +18,12 @@ KEPT_HEADERS = ("x-route-backend", "x-route-reason", "location")
 
 
 async def idempotent(
-    request: Request, client: ApiKey | None, payload: Any, produce: Callable[[], Awaitable[JSONResponse]]
+    request: Request,
+    client: ApiKey | None,
+    payload: Any,
+    produce: Callable[[], Awaitable[JSONResponse]],
+    *,
+    pending_s: float | None = None,
 ) -> Response:
     """`produce()` once per (client, path, Idempotency-Key, body); without the header, simply `produce()`."""
     key = request.headers.get(HEADER)
@@ -35,7 +40,7 @@ async def idempotent(
 
     scope = f"{client.name if client is not None else '-'}:{request.url.path}"
     try:
-        stored, replayed = await idempotency.once(scope, key, payload, run)
+        stored, replayed = await idempotency.once(scope, key, payload, run, pending_s=pending_s)
     except IdempotencyMismatch:
         raise HTTPException(422, f"this {HEADER} was used with another body") from None
     except IdempotencyBusy:

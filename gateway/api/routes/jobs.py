@@ -60,7 +60,8 @@ async def submit(body: JobRequest, request: Request, jobs: JobsDep, client: Clie
         return JSONResponse({"id": job["id"], "status": job["status"], "status_url": url}, status_code=202,
                             headers={"Location": url})  # fmt: skip
 
-    return await idempotent(request, client, body.model_dump(mode="json"), produce)
+    # Accepting a job takes milliseconds: a replica killed while accepting holds the key for 30 s at most.
+    return await idempotent(request, client, body.model_dump(mode="json"), produce, pending_s=30)
 
 
 @router.get("/{job_id}")
