@@ -59,6 +59,7 @@ class RedisStreamQueue:
     async def messages(self) -> AsyncIterator[tuple[str, Ack]]:
         while True:
             try:
+                await self.broker.startup()  # (re)declare the consumer group: Redis may have restarted empty
                 async for message in self.broker.listen():
                     data = message.data
                     yield (data.decode() if isinstance(data, bytes) else str(data)), message.ack

@@ -93,7 +93,10 @@ class JobRunner:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        await self.queue.start()
+        try:
+            await self.queue.start()
+        except Exception as exc:  # Redis away at start: serve anyway, the consumer retries
+            log.warning("jobs: queue not ready (%s: %s); retrying in the background", type(exc).__name__, exc)
         self._http = httpx.AsyncClient(timeout=self.webhook_timeout_s, follow_redirects=False)
         self._tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._janitor())]
 

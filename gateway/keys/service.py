@@ -107,7 +107,11 @@ class ClientGate:
         limit = share_limit(share, self.share_window) if key.cloud_allowed else 0
 
         def gate(wants_cloud: bool) -> bool:
-            return self.quotas.share(key.name, wants_cloud=wants_cloud, limit=limit, window=self.share_window)
+            try:
+                return self.quotas.share(key.name, wants_cloud=wants_cloud, limit=limit, window=self.share_window)
+            except RedisError as exc:  # cannot count the key's share: keep it on the edge rather than overspend
+                log.warning("client keys: Redis failed (%s); key %r served on the edge", type(exc).__name__, key.name)
+                return False
 
         return gate
 

@@ -5,8 +5,12 @@ The work is in gateway/jobs/ (`JobRunner`); a job's result is exactly what POST 
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from collections.abc import Iterator
 from typing import Annotated
 
+import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
@@ -27,6 +31,15 @@ class JobRequest(GenerateRequest):
     webhook_url: str | None = Field(
         default=None, max_length=2000, pattern=r"^https?://", description="Signed POST when the job ends."
     )
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """The job store unreachable (Redis away, SQLite locked too long) → 503, not 500."""
+    try:
+        yield
+    except (redis.RedisError, sqlite3.Error) as exc:
+        raise HTTPException(503, "the job store is unavailable", headers={"Retry-After": "2"}) from exc
 
 
 def get_jobs(request: Request) -> JobRunner:
@@ -55,7 +68,8 @@ async def submit(body: JobRequest, request: Request, jobs: JobsDep, client: Clie
     async def produce() -> JSONResponse:
         keyed(clients, client, serve_request(generation), private_given=False)  # 403 / 429 now, not in the job
         stored = generation.model_dump(mode="json", exclude_unset=True)
-        job = await jobs.submit(stored, client=client.name if client else None, webhook_url=body.webhook_url)
+        with store_errors():
+            job = await jobs.submit(stored, client=client.name if client else None, webhook_url=body.webhook_url)
         url = f"{str(request.base_url).rstrip('/')}/v1/jobs/{job['id']}"
         return JSONResponse({"id": job["id"], "status": job["status"], "status_url": url}, status_code=202,
                             headers={"Location": url})  # fmt: skip
@@ -68,19 +82,22 @@ async def submit(body: JobRequest, request: Request, jobs: JobsDep, client: Clie
 async def status(job_id: str, jobs: JobsDep, client: ClientDep) -> dict:
     """`{id, status, result | error, runs, webhook: {url, state, attempts}}`; status is queued, running,
     succeeded, failed or canceled, and `result` is the body POST /generate returns."""
-    return view(_owned(await jobs.get(job_id), client))
+    with store_errors():
+        return view(_owned(await jobs.get(job_id), client))
 
 
 @router.delete("/{job_id}")
 async def cancel(job_id: str, jobs: JobsDep, client: ClientDep) -> dict:
     """Cancel: a queued job never runs; a running one's result is dropped. 409 once it has finished."""
-    _owned(await jobs.get(job_id), client)
-    outcome = await jobs.cancel(job_id)
+    with store_errors():
+        _owned(await jobs.get(job_id), client)
+        outcome = await jobs.cancel(job_id)
     if outcome is None:
         raise HTTPException(404, "no such job")
     if outcome != "canceled":
         raise HTTPException(409, f"the job has already {outcome}")
-    return view(await jobs.get(job_id) or {})
+    with store_errors():
+        return view(await jobs.get(job_id) or {})
 
 
 def job_executor(app: FastAPI) -> Execute:
