@@ -126,6 +126,16 @@ class JobRunner:
 
     async def _consume(self) -> None:
         slots = asyncio.Semaphore(self.concurrency)
+        while True:
+            try:
+                await self._consume_from(slots)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store or the queue failed: keep this replica's worker alive
+                log.warning("jobs: the consumer failed (%s: %s); restarting it", type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+
+    async def _consume_from(self, slots: asyncio.Semaphore) -> None:
         async for job_id, ack in self.queue.messages():
             await slots.acquire()
             try:
@@ -140,7 +150,7 @@ class JobRunner:
                 continue
             if not claimed:  # done, canceled or running elsewhere: this message is a duplicate
                 slots.release()
-                await ack()
+                await _acknowledge(ack)
                 continue
             task = self._spawn(self._run(job_id, ack))
             task.add_done_callback(lambda _: slots.release())
@@ -148,7 +158,7 @@ class JobRunner:
     async def _run(self, job_id: str, ack: Ack) -> None:
         job = await asyncio.to_thread(self.store.get, job_id)
         if job is None:
-            await ack()
+            await _acknowledge(ack)
             return
         beat = asyncio.create_task(self._heartbeat(job_id))
         outcome: dict[str, Any]
@@ -158,7 +168,7 @@ class JobRunner:
             if exc.retry and job["runs"] < self.max_runs:
                 await asyncio.to_thread(self.store.update, job_id, partial(model.requeue, owner=self.owner,
                                                                            now=time.time()))  # fmt: skip
-                await ack()
+                await _acknowledge(ack)
                 await asyncio.sleep(min(5.0, 0.2 * job["runs"]))
                 await self._kick(job_id)
                 return
@@ -172,7 +182,7 @@ class JobRunner:
             self.store.update, job_id,
             partial(model.complete, owner=self.owner, now=time.time(), ttl_s=self.ttl_s, **outcome),
         )  # fmt: skip
-        await ack()  # only now: a worker killed before this line leaves the message to be redelivered
+        await _acknowledge(ack)  # only now: a worker killed before this leaves the message to be redelivered
         if written:
             await self._webhook(job_id)
 
@@ -233,6 +243,14 @@ class JobRunner:
             if hook is not None and hook["state"] == "pending" and hook["next_at"] <= now:
                 self._spawn(self._webhook(job["id"]))
         await asyncio.to_thread(self.store.purge, now)
+
+
+async def _acknowledge(ack: Ack) -> None:
+    """Acknowledge a message; if that fails the message comes back and is dropped then (the job has moved on)."""
+    try:
+        await ack()
+    except Exception as exc:
+        log.warning("jobs: acknowledging a message failed (%s); it will be redelivered and dropped", type(exc).__name__)
 
 
 def _rekick(job: model.Job, now: float, after: float) -> bool:

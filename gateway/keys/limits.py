@@ -29,9 +29,11 @@ def retry_after(now: float, period: int) -> float:
 
 
 class QuotaStore(Protocol):
-    def take(self, name: str, *, rpm: int | None, per_day: int | None, images: int, now: float) -> float | None:
-        """Count one request of `images` images for key `name` if both quotas allow it: None, else the
-        seconds until the refusing window turns (nothing counted)."""
+    def take(
+        self, name: str, *, rpm: int | None, per_day: int | None, images: int, now: float
+    ) -> tuple[str, float] | None:
+        """Count one request of `images` images for key `name` if both quotas allow it: None, else which quota
+        refused ("minute" or "day") and the seconds until its window turns (nothing counted)."""
         ...
 
     def share(self, name: str, *, wants_cloud: bool, limit: int | None, window: int) -> bool:
@@ -52,7 +54,9 @@ class MemoryQuotaStore:
         self._windows: dict[str, deque[bool]] = {}
         self._cloud: dict[str, int] = {}
 
-    def take(self, name: str, *, rpm: int | None, per_day: int | None, images: int, now: float) -> float | None:
+    def take(
+        self, name: str, *, rpm: int | None, per_day: int | None, images: int, now: float
+    ) -> tuple[str, float] | None:
         minute, day = int(now // MINUTE_S), int(now // DAY_S)
         with self._lock:
             used_minute = self._minute.get(name, (minute, 0))
@@ -60,9 +64,9 @@ class MemoryQuotaStore:
             used_day = self._day.get(name, (day, 0))
             used_day = used_day[1] if used_day[0] == day else 0
             if rpm is not None and used_minute + 1 > rpm:
-                return retry_after(now, MINUTE_S)
+                return "minute", retry_after(now, MINUTE_S)
             if per_day is not None and used_day + images > per_day:
-                return retry_after(now, DAY_S)
+                return "day", retry_after(now, DAY_S)
             self._minute[name] = (minute, used_minute + 1)
             self._day[name] = (day, used_day + images)
             return None
@@ -132,11 +136,15 @@ class RedisQuotaStore:
             "window": f"{base}:window", "cloud": f"{base}:window_cloud",
         }  # fmt: skip
 
-    def take(self, name: str, *, rpm: int | None, per_day: int | None, images: int, now: float) -> float | None:
+    def take(
+        self, name: str, *, rpm: int | None, per_day: int | None, images: int, now: float
+    ) -> tuple[str, float] | None:
         k = self._keys(name, now)
         args = ["" if rpm is None else rpm, "" if per_day is None else per_day, images]
         refused = int(self._take(keys=[k["minute"], k["day"]], args=args))
-        return None if refused == 0 else retry_after(now, MINUTE_S if refused == 1 else DAY_S)
+        if refused == 0:
+            return None
+        return ("minute", retry_after(now, MINUTE_S)) if refused == 1 else ("day", retry_after(now, DAY_S))
 
     def share(self, name: str, *, wants_cloud: bool, limit: int | None, window: int) -> bool:
         k = self._keys(name, 0)

@@ -85,13 +85,14 @@ class ClientGate:
             return
         if key.requests_per_minute is not None or key.images_per_day is not None:
             try:
-                wait = self.quotas.take(
+                refused = self.quotas.take(
                     key.name, rpm=key.requests_per_minute, per_day=key.images_per_day, images=images, now=self.clock()
                 )
             except RedisError as exc:
                 raise ClientRefused(503, "the quota store is unavailable", retry_after=2) from exc
-            if wait is not None:
-                daily = wait > 60
+            if refused is not None:
+                which, wait = refused
+                daily = which == "day"
                 self.metrics.requests.labels(key.name, "quota_exceeded" if daily else "rate_limited").inc()
                 what = f"{key.images_per_day} images per day" if daily else f"{key.requests_per_minute} requests/min"
                 raise ClientRefused(429, f"key {key.name!r} is over its limit of {what}", retry_after=wait)

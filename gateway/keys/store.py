@@ -16,7 +16,7 @@ from typing import Protocol
 
 import redis
 
-from gateway.keys.model import ApiKey
+from gateway.keys.model import ApiKey, hash_key
 
 log = logging.getLogger("routet2i.keys")
 
@@ -154,8 +154,6 @@ class KeyRegistry:
         self.store = store
 
     def lookup(self, key: str) -> ApiKey | None:
-        from gateway.keys.model import hash_key
-
         digest = hash_key(key)
         return self.configured.get(digest) or self.store.by_hash(digest)
 
