@@ -118,7 +118,9 @@ def test_jobs_persist_in_sqlite_across_a_restart(tmp_path):
     server, edge = gateway(tmp_path)
     with server:
         jobs = [wait_for(server.url, i) for i in ids]
-        assert {j["status"] for j in jobs} == {"succeeded"} and all(j["runs"] == 1 for j in jobs)
+        assert {j["status"] for j in jobs} == {"succeeded"}
+        # a job running at the stop was given back and ran again here; the others ran once
+        assert sum(j["runs"] for j in jobs) <= len(jobs) + 1
         assert [j["result"]["seed"] for j in jobs] == list(range(20))
 
 

@@ -68,6 +68,7 @@ class JobRunner:
         self.owner = uuid.uuid4().hex  # this process's claims
         self._tasks: list[asyncio.Task] = []
         self._running: set[asyncio.Task] = set()
+        self._claimed: set[str] = set()  # jobs this process is running
         self._http: httpx.AsyncClient | None = None
 
     # ------------------------------------------------------------ API
@@ -106,6 +107,10 @@ class JobRunner:
         for task in [*self._tasks, *self._running]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for job_id in list(self._claimed):  # a graceful stop gives its jobs back at once (no lease to wait out)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.update, job_id, partial(model.requeue, owner=self.owner,
+                                                                           now=time.time()))  # fmt: skip
         await self.queue.close()
         if self._http is not None:
             await self._http.aclose()
@@ -156,6 +161,17 @@ class JobRunner:
             task.add_done_callback(lambda _: slots.release())
 
     async def _run(self, job_id: str, ack: Ack) -> None:
+        self._claimed.add(job_id)
+        try:
+            await self._run_claimed(job_id, ack)
+        except asyncio.CancelledError:
+            raise  # stopping: the job stays in `_claimed`, and `stop` gives it back
+        except BaseException:
+            self._claimed.discard(job_id)
+            raise
+        self._claimed.discard(job_id)
+
+    async def _run_claimed(self, job_id: str, ack: Ack) -> None:
         job = await asyncio.to_thread(self.store.get, job_id)
         if job is None:
             await _acknowledge(ack)
