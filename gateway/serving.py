@@ -131,18 +131,17 @@ class Gateway:
             else:
                 try:
                     result = await self.cloud.generate(request)
-                    self._count(route, ticket)
-                    return Served(result, route)
+                    return Served(result, self._count(route, ticket))
                 except ContentModerated as exc:
                     self.metrics.backend_error(exc.kind, "cloud")
-                    self._count(route, ticket)
+                    route = self._count(route, ticket)
                     raise GatewayError(400, f"the cloud provider refused this prompt: {exc}", kind=exc.kind) from exc
                 except BackendError as exc:
                     self.metrics.backend_error(exc.kind, "cloud")
                     log.warning("cloud failed (%s): %s; falling back to the edge", exc.kind, exc)
                     route = self._fall_back(route, ticket)
         else:
-            self._count(route, ticket)
+            route = self._count(route, ticket)
 
         def on_edge(error: GatewayError) -> GatewayError:
             error.route = route
@@ -165,16 +164,18 @@ class Gateway:
         return Served(result, route)
 
     def _fall_back(self, route: Decision, ticket: int | None) -> Decision:
-        fallback = replace(route, backend="edge", reason="fallback")
-        self._count(fallback, ticket, force=True)
-        return fallback
+        return self._count(replace(route, backend="edge", reason="fallback"), ticket, force=True)
 
-    def _count(self, route: Decision, ticket: int | None, force: bool = False) -> None:
-        """Record what served the request: model decisions are already counted unless served otherwise."""
+    def _count(self, route: Decision, ticket: int | None, force: bool = False) -> Decision:
+        """Record what served the request: model decisions are already counted unless served otherwise.
+        Returns the route with the ρ its commit enforced (a request counted only now: forced, private)."""
         if ticket is not None and not force:
-            return
-        self.budget.record(route.backend, route.reason, ticket=ticket, prs=route.prs if ticket is None else None)
-
+            return route
+        if ticket is not None:
+            self.budget.record(route.backend, route.reason, ticket=ticket)
+            return route
+        kept = self.budget.count(route.backend, route.reason, prs=route.prs)
+        return replace(route, rho=kept.rho)
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"

@@ -54,3 +54,25 @@ def test_redis_commit_reports_the_rho_it_enforced(redis_server):
     decisions.append(BudgetController(mine, min_scores=1).decide(0.9))
     assert [d.rho for d in decisions] == [0.45, 0.45]
     assert mine.state(0).allowance_micro == 900_000
+
+
+def test_a_forced_request_reports_the_rho_its_count_enforced(tmp_path):
+    """A forced cloud call is counted after the cloud answers; ρ changed meanwhile is the ρ it reports."""
+    import httpx
+
+    from gateway.app import create_app
+    from tests.servers import LiveServer
+    from tests.standins import HashScorer, InstantBackend, standin_settings
+
+    class ChangesRho(InstantBackend):
+        async def generate(self, request):
+            app.state.budget.set_rho(0.55)  # an admin change lands while the cloud call runs
+            return await super().generate(request)
+
+    app = create_app(standin_settings(tmp_path), router=HashScorer(), edge=InstantBackend("edge"),
+                     cloud=ChangesRho("cloud"))  # fmt: skip
+    with LiveServer(app) as server:
+        body = {"prompt": "a forced one", "size": "64x64", "route": "cloud"}
+        route = httpx.post(f"{server.url}/generate", json=body).json()["route"]
+        assert (route["backend"], route["reason"], route["rho"]) == ("cloud", "forced", 0.55)
+        assert app.state.budget.store.state(0).allowance_micro == 550_000

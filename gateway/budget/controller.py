@@ -156,8 +156,15 @@ class BudgetController:
         now = self.clock()
         if ticket is not None:
             return self.store.amend(ticket, backend=backend, reason=reason, now=now, policy=self.policy)
-        self._commit(backend, reason, None if prs is None else validate_prs(prs), now, enforce_caps=False)
+        self.count(backend, reason, prs=prs)
         return True
+
+    def count(self, backend: str, reason: str, *, prs: float | None = None) -> Decision:
+        """Count a request that bypassed `decide` (forced, private; never refused); the decision as committed,
+        with the ρ its commit enforced."""
+        validate_choice(backend, reason)
+        prs = None if prs is None else validate_prs(prs)
+        return self._commit(backend, reason, prs, self.clock(), enforce_caps=False)
 
     # ------------------------------------------------------------ admin
 
