@@ -6,7 +6,9 @@ every webhook signature is valid; with Redis two processes share the queue, with
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sqlite3
 import sys
 import time
 import uuid
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from demo.processes import free_port, spawn, stop, wait_until_ready
 from tests.servers import LiveServer, RedisServer
@@ -56,6 +59,7 @@ class Run:
     refused: int = 0  # connection refused while the process was down (retried)
     lost: int = 0  # in flight when the process died (not known to be accepted)
     killed_at: int = 0
+    at_kill: dict = field(default_factory=dict)  # job statuses in the store just before the kill
 
 
 def gateway_env(tmp: Path, name: str, hook_url: str, **extra: str) -> dict:
@@ -69,7 +73,9 @@ def gateway_env(tmp: Path, name: str, hook_url: str, **extra: str) -> dict:
     return env
 
 
-async def submit_all(gateways: list[Gateway], hook_url: str, kill: Gateway, restart_after: float) -> Run:
+async def submit_all(
+    gateways: list[Gateway], hook_url: str, kill: Gateway, restart_after: float, status_at_kill=None
+) -> Run:
     """Submit JOBS jobs round-robin at CONCURRENCY; SIGKILL `kill` a third of the way in, restart it later."""
     run, counter = Run(), iter(range(JOBS))
     killed = asyncio.Event()
@@ -77,8 +83,14 @@ async def submit_all(gateways: list[Gateway], hook_url: str, kill: Gateway, rest
     async def killer() -> None:
         while len(run.accepted) < JOBS // 3:
             await asyncio.sleep(0.01)
+        if status_at_kill is not None:  # kill while jobs run, so that the recovery of running jobs is exercised
+            deadline = time.monotonic() + 10
+            while (await asyncio.to_thread(status_at_kill)).get("running", 0) == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
         run.killed_at = len(run.accepted)
         kill.kill()
+        if status_at_kill is not None:
+            run.at_kill = await asyncio.to_thread(status_at_kill)
         killed.set()
         await asyncio.sleep(restart_after)
         await asyncio.to_thread(kill.start)
@@ -145,7 +157,7 @@ def check(run: Run, jobs: dict[str, dict], receiver: Receiver, generations: Path
     reruns = [j for j in jobs.values() if j["runs"] > 1]
     print(
         f"\n{label}: {len(run.accepted)} jobs accepted ({run.lost} in flight at the kill, {run.refused} connections "
-        f"refused while down and retried; killed after "
+        f"refused while down and retried; killed after {run.at_kill} / "
         f"{run.killed_at}), all succeeded in {seconds:.1f} s; {len(receiver.deliveries)} webhooks, all signatures "
         f"valid; {len(reruns)} jobs re-run after the kill (their first run died with the process), "
         f"{len(twice)} generated twice"
@@ -168,7 +180,12 @@ def test_two_processes_on_one_redis_survive_a_sigkill(tmp_path, capsys):
         try:
             a.start(), b.start()
             started = time.monotonic()
-            run = asyncio.run(submit_all([a, b], hook_url, kill=a, restart_after=1.0))
+            def statuses() -> dict:
+                client = redis.Redis.from_url(redis_server.url)
+                jobs = [json.loads(raw) for raw in client.mget(client.keys(f"{{{prefix}}}:job:*"))]
+                return dict(Counter(j["status"] for j in jobs))
+
+            run = asyncio.run(submit_all([a, b], hook_url, kill=a, restart_after=1.0, status_at_kill=statuses))
             jobs = wait_all(b.url, run, receiver)
             with capsys.disabled():
                 seconds = time.monotonic() - started
@@ -187,7 +204,11 @@ def test_one_process_on_sqlite_survives_a_sigkill_and_restart(tmp_path, capsys):
         try:
             a.start()
             started = time.monotonic()
-            run = asyncio.run(submit_all([a], hook_url, kill=a, restart_after=0.5))
+            def statuses() -> dict:
+                with sqlite3.connect(tmp_path / "jobs.sqlite3", timeout=30) as db:
+                    return dict(db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+
+            run = asyncio.run(submit_all([a], hook_url, kill=a, restart_after=0.5, status_at_kill=statuses))
             jobs = wait_all(a.url, run, receiver)
             with capsys.disabled():
                 seconds = time.monotonic() - started
