@@ -127,3 +127,63 @@ def test_jobs_persist_in_sqlite_across_a_restart(tmp_path):
 @pytest.fixture(autouse=True)
 def _no_stray_db(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # a default jobs_db would land here, not in the repository
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    from tests.servers import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    from gateway.jobs.store import RedisJobStore, SqliteJobStore
+
+    if request.param == "sqlite":
+        return SqliteJobStore(str(tmp_path / "store.sqlite3"))
+    import redis
+
+    server = request.getfixturevalue("redis_server")
+    return RedisJobStore(redis.Redis.from_url(server.url), prefix=f"t-{time.time_ns()}")
+
+
+def test_a_claimed_job_gets_one_outcome_and_a_dead_workers_job_is_taken_over(store):
+    from functools import partial
+
+    from gateway.jobs import model
+
+    job = model.new_job({"prompt": "x"}, client=None, webhook_url=None, now=100.0)
+    store.create(job)
+    claim = partial(model.claim, now=100.0, lease_s=10)
+    assert store.update(job["id"], partial(claim, owner="a")) is True
+    assert store.update(job["id"], partial(claim, owner="b")) is False  # a holds it
+    # a dies; its lease runs out; b takes the job over
+    assert store.update(job["id"], partial(model.claim, owner="b", now=111.0, lease_s=10)) is True
+    late = partial(model.complete, now=112.0, ttl_s=60)
+    assert store.update(job["id"], partial(late, owner="a", result={"from": "a"})) is False  # a's result is dropped
+    assert store.update(job["id"], partial(late, owner="b", result={"from": "b"})) is True
+    assert store.update(job["id"], partial(late, owner="b", result={"again": 1})) is False  # never twice
+    done = store.get(job["id"])
+    assert (done["status"], done["result"], done["runs"]) == ("succeeded", {"from": "b"}, 2)
+    assert store.update(job["id"], partial(model.claim, owner="c", now=500.0, lease_s=10)) is False  # finished
+    assert [j["id"] for j in store.active_jobs()] == []
+
+
+def test_finished_jobs_expire_after_their_ttl(store):
+    from functools import partial
+
+    from gateway.jobs import model
+
+    job = model.new_job({"prompt": "x"}, client=None, webhook_url=None)
+    store.create(job)
+    store.update(job["id"], partial(model.cancel, now=time.time(), ttl_s=1.0))
+    assert store.get(job["id"])["status"] == "canceled"
+    if hasattr(store, "client"):
+        assert 0 < store.client.ttl(store._key(job["id"])) <= 1  # Redis expires it by itself
+        time.sleep(1.2)
+    else:
+        assert store.purge(time.time() + 2) == 1
+    assert store.get(job["id"]) is None

@@ -4,6 +4,7 @@ per-key cloud share over a 2,000-request replay, keys and counters shared by two
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections import Counter
@@ -96,6 +97,26 @@ def test_open_warning_only_for_open_non_loopback_binds():
     assert open_warning("10.1.2.3", required=False)
     assert open_warning("127.0.0.1", required=False) is None and open_warning("localhost", False) is None
     assert open_warning("::1", required=False) is None and open_warning("0.0.0.0", required=True) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "required", "warned"),
+    [("0.0.0.0", "false", True), ("0.0.0.0", "true", False), ("127.0.0.1", "false", False)],
+)
+def test_serve_prints_the_open_warning(monkeypatch, capsys, tmp_path, host, required, warned):
+    import uvicorn
+
+    from gateway import cli
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw["host"]))  # start nothing
+    for name in [k for k in os.environ if k.startswith("ROUTET2I_")]:
+        monkeypatch.delenv(name)
+    for name, value in {"EDGE_MODEL": str(tmp_path), "CLOUD_KIND": "none", "STATE_FILE": str(tmp_path / "s.json"),
+                        "REQUIRE_API_KEY": required}.items():  # fmt: skip
+        monkeypatch.setenv(f"ROUTET2I_{name}", value)
+    assert cli.main(["serve", "--host", host]) == 0 and served == [host]
+    assert ("WARNING: the gateway is open" in capsys.readouterr().err) is warned
 
 
 def test_rate_limit_429_for_one_key_while_another_goes_on(tmp_path):
