@@ -18,10 +18,14 @@ from backends.base import ImageBackend
 from gateway.api import api_router
 from gateway.api.auth_failures import AuthFailures
 from gateway.api.routes.console import STATIC_DIR
+from gateway.api.routes.jobs import job_executor
 from gateway.api.routes.ops import sample_gauges
 from gateway.budget import BudgetController, BudgetStore, FailoverBudgetStore, InMemoryBudgetStore, RedisBudgetStore
 from gateway.guard import RequestGuard
 from gateway.headers import SecurityHeaders
+from gateway.idempotency import build_idempotency
+from gateway.jobs import build_job_runner
+from gateway.keys import ClientRefused, build_client_gate
 from gateway.metrics import GatewayMetrics, ensure_multiprocess_dir, multiprocess_dir
 from gateway.routing import PromptScorer, ScoringService
 from gateway.serving import Gateway, GatewayError
@@ -117,6 +121,8 @@ def create_app(
             max_compute_units=settings.max_compute_units, default_steps=settings.edge_default_steps,
             forced_cloud_may_exceed_rho=settings.forced_cloud_may_exceed_rho,
         )  # fmt: skip
+        app.state.jobs = build_job_runner(settings, job_executor(app))
+        await app.state.jobs.start()
         log.info("gateway ready: ρ=%.3f, cloud=%s", budget.rho, settings.cloud_kind if cloud else "none")
         stop_refresh = None
         if multiprocess_dir() is not None:  # keep this worker's gauges current between scrapes of any worker
@@ -126,6 +132,7 @@ def create_app(
         finally:
             if stop_refresh is not None:
                 stop_refresh.set()
+            await app.state.jobs.stop()
             await scoring.aclose()
             for backend in (edge, cloud):
                 if backend is not None:
@@ -139,6 +146,8 @@ def create_app(
     )  # fmt: skip
     app.state.settings, app.state.budget, app.state.metrics = settings, budget, metrics
     app.state.edge, app.state.cloud = edge, cloud
+    app.state.clients = build_client_gate(settings, metrics.registry)
+    app.state.idempotency = build_idempotency(settings)
     app.state.in_flight = 0
     app.state.admin_auth_failures = AuthFailures(settings.admin_auth_failures_per_minute)
     app.add_middleware(
@@ -148,6 +157,7 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ClientRefused, client_refused)
     app.include_router(api_router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -176,3 +186,8 @@ async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
     """A `GatewayError` as JSON with its status, kind and (when it has one) Retry-After."""
     headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
     return JSONResponse({"detail": exc.detail, "kind": exc.kind}, status_code=exc.status, headers=headers)
+
+
+async def client_refused(_: Request, exc: ClientRefused) -> JSONResponse:
+    """A refused client key (401, 403, 429 with Retry-After) as JSON."""
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers())

@@ -29,6 +29,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per cloud call costs more than it tells
     if args.config:
         os.environ["ROUTET2I_CONFIG"] = args.config
+    from gateway.keys import open_warning
+
+    warning = open_warning(args.host, Settings().require_api_key)
+    if warning:
+        print(warning, file=sys.stderr)
     if args.workers > 1:
         if args.demo:
             raise ValueError("--demo runs one process; drop --workers (or run without --demo)")

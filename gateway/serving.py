@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -46,6 +47,9 @@ class ServeRequest:
     generation: GenerationRequest
     route: Literal["auto", "edge", "cloud"] = "auto"  # auto: the router and the budget decide
     private: bool = False  # True: the prompt never leaves the edge
+    # A client key's cloud share (gateway.keys): told whether this request would go to the cloud, says whether
+    # the key may, counting the decision in the key's window. None: no per-key share.
+    cloud_gate: Callable[[bool], bool] | None = None
 
 
 @dataclass
@@ -132,15 +136,27 @@ class Gateway:
 
     async def _decide(self, job: ServeRequest) -> tuple[Decision, int | None]:
         """(route, ticket): the ticket of a counted decision (model or forced), None when counted later by `_count`.
-        A forced cloud request obeys the budget's hard caps (refused: the edge, reason "budget")."""
+        A forced cloud request obeys the budget's hard caps (refused: the edge, reason "budget"); so does a
+        client key's own cloud share (its `cloud_gate`), on every route."""
+        gate = job.cloud_gate
         if job.private:
+            if gate is not None:
+                gate(False)
             return Decision("edge", "private", rho=self.budget.rho), None
         if job.route != "auto":
             decision = self.budget.force(job.route, may_exceed_rho=self.forced_cloud_may_exceed_rho)
-            return decision, decision.ticket
+            return self._key_share(decision, gate), decision.ticket
         score = await self.score(job.generation.prompt)
         decision = self.budget.decide(score.prs)
-        return decision, decision.ticket
+        return self._key_share(decision, gate), decision.ticket
+
+    def _key_share(self, decision: Decision, gate: Callable[[bool], bool] | None) -> Decision:
+        """Count the decision in the client key's share window; over the key's share, the edge serves it
+        (reason "budget"), as if a cap of the budget had refused it."""
+        if gate is None or gate(decision.cloud) or not decision.cloud:
+            return decision
+        self.budget.record("edge", "budget", ticket=decision.ticket)
+        return replace(decision, backend="edge", reason="budget")
 
     async def _serve(self, request: GenerationRequest, route: Decision, ticket: int | None) -> Served:
         if route.backend == "cloud":
@@ -150,18 +166,17 @@ class Gateway:
             else:
                 try:
                     result = await self.cloud.generate(request)
-                    self._count(route, ticket)
-                    return Served(result, route)
+                    return Served(result, self._count(route, ticket))
                 except ContentModerated as exc:
                     self.metrics.backend_error(exc.kind, "cloud")
-                    self._count(route, ticket)
+                    route = self._count(route, ticket)
                     raise GatewayError(400, f"the cloud provider refused this prompt: {exc}", kind=exc.kind) from exc
                 except BackendError as exc:
                     self.metrics.backend_error(exc.kind, "cloud")
                     log.warning("cloud failed (%s): %s; falling back to the edge", exc.kind, exc)
                     route = self._fall_back(route, ticket)
         else:
-            self._count(route, ticket)
+            route = self._count(route, ticket)
 
         def on_edge(error: GatewayError) -> GatewayError:
             error.route = route
@@ -184,15 +199,18 @@ class Gateway:
         return Served(result, route)
 
     def _fall_back(self, route: Decision, ticket: int | None) -> Decision:
-        fallback = replace(route, backend="edge", reason="fallback")
-        self._count(fallback, ticket, force=True)
-        return fallback
+        return self._count(replace(route, backend="edge", reason="fallback"), ticket, force=True)
 
-    def _count(self, route: Decision, ticket: int | None, force: bool = False) -> None:
-        """Record what served the request: model decisions are already counted unless served otherwise."""
+    def _count(self, route: Decision, ticket: int | None, force: bool = False) -> Decision:
+        """Record what served the request: model decisions are already counted unless served otherwise.
+        Returns the route with the ρ its commit enforced (a request counted only now: forced, private)."""
         if ticket is not None and not force:
-            return
-        self.budget.record(route.backend, route.reason, ticket=ticket, prs=route.prs if ticket is None else None)
+            return route
+        if ticket is not None:
+            self.budget.record(route.backend, route.reason, ticket=ticket)
+            return route
+        kept = self.budget.count(route.backend, route.reason, prs=route.prs)
+        return replace(route, rho=kept.rho)
 
 
 def _fmt(value: float | None) -> str:

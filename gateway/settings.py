@@ -19,6 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gateway.keys.model import ApiKey
 from router_model import DEFAULT_ROUTER
 
 
@@ -68,6 +69,17 @@ class Settings(BaseSettings):
 
     # service
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin; unset = admin off.")
+    require_api_key: bool = Field(False, description="Clients must send Authorization: Bearer <key> (401 if not).")
+    api_keys: list[ApiKey] = Field(default_factory=list, description="Client keys (SHA-256 only) and their limits.")
+    api_keys_file: str | None = Field(None, description="JSON keys file; admin-created keys go there without Redis.")
+    idempotency_ttl_s: float = Field(86_400.0, gt=0, description="How long an Idempotency-Key's response is kept.")
+    jobs_concurrency: int = Field(4, ge=1, description="Jobs this process runs at once.")
+    jobs_lease_s: float = Field(30.0, gt=0, description="A running job's lease; renewed while it runs.")
+    jobs_ttl_s: float = Field(86_400.0, gt=0, description="How long a finished job and its result are kept.")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of job webhooks (needed for them).")
+    webhook_max_attempts: int = Field(6, ge=1)
+    webhook_backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles on every attempt.")
+    jobs_db: str = Field("routet2i_jobs.sqlite3", description="SQLite file of jobs and idempotency keys without Redis.")
     log_prompts: bool = Field(False, description="Log prompt text (off: prompts can be private).")
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_in_flight: int = Field(256, ge=1, description="Generation requests in flight before 429.")

@@ -292,3 +292,23 @@ def test_screenshot(dashboard: Page) -> None:
     if os.environ.get("ROUTET2I_UPDATE_DOCS") == "1":  # refresh the README's screenshot on request only
         shutil.copyfile(ARTIFACTS / "console.png", SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_admin_lists_client_keys_with_their_usage(page: Page, gateway: DemoGateway) -> None:
+    admin = {"Authorization": f"Bearer {gateway.token}"}
+    created = httpx.post(f"{gateway.url}/admin/keys", json={"name": "console-team", "requests_per_minute": 9},
+                         headers=admin)  # fmt: skip
+    assert created.status_code == 201
+    key = created.json()["key"]
+    try:
+        assert page.locator("#api-key-label").is_hidden()  # an open gateway asks for no key
+        page.fill("#token", gateway.token)
+        page.click("#list-keys")
+        row = page.locator("#keys-table tbody tr", has_text="console-team")
+        expect(row).to_contain_text("9")
+        expect(page.locator("#admin-result")).to_contain_text("client key(s)")
+        assert key not in page.content()  # the table shows names and limits, never keys
+        page.click("#forget-token")
+        assert page.locator("#keys-table").is_hidden()
+    finally:
+        httpx.delete(f"{gateway.url}/admin/keys/console-team", headers=admin)

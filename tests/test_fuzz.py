@@ -51,7 +51,8 @@ def gateway_url(tmp_path_factory):
     pipeline = load_pipeline(str(build_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd"))), device="cpu")
     router = RouteT2IRouter.from_pretrained(DEFAULT_ROUTER, device="cpu")
     with LiveServer(instant_worker()) as worker:
-        settings = Settings(state_file=None, admin_token=SecretStr(ADMIN_TOKEN), edge_default_steps=1)
+        jobs_db = str(tmp_path_factory.mktemp("jobs") / "jobs.sqlite3")  # fuzzed POST /v1/jobs land here
+        settings = Settings(state_file=None, jobs_db=jobs_db, admin_token=SecretStr(ADMIN_TOKEN), edge_default_steps=1)
         edge = EdgeBackend("tiny-sd", pipeline=pipeline, device="cpu", default_steps=1, max_queue=64)
         cloud = WorkerCloudBackend(worker.url, timeout=10, max_retries=0)
         with LiveServer(create_app(settings, router=router, edge=edge, cloud=cloud)) as server:

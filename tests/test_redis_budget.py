@@ -267,10 +267,9 @@ def test_three_processes_hold_rho_on_one_drifting_stream_of_real_prompts(redis_s
     cloud = np.array([c for _, c, _ in merged])
     rho = np.array([r for _, _, r in merged])
     first_after = int(np.argmax(rho == rho_after))
-    # A decision's reported ρ is read just before its atomic commit, so a replica can report the old ρ for a
-    # decision Redis committed after the change: measure every window against the ρ in force by position.
-    in_force = np.where(np.arange(len(rho)) >= first_after, rho_after, rho_before)
-    report = window_report(cloud, in_force, [first_after])
+    # Each decision reports the ρ its atomic commit enforced, so in commit order ρ changes exactly once.
+    assert set(rho[:first_after]) == {rho_before} and set(rho[first_after:]) == {rho_after}
+    report = window_report(cloud, rho, [first_after])
     with capsys.disabled():
         print(
             f"\n3 processes, one stream of {len(scores)} real prompts (ρ {rho_before}→{rho_after}), "

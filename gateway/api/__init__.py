@@ -5,10 +5,10 @@
 
 from fastapi import APIRouter
 
-from gateway.api.routes import admin, console, generate, ops
+from gateway.api.routes import admin, console, generate, jobs, keys, ops
 
 api_router = APIRouter()
-for module in (generate, admin, ops, console):
+for module in (generate, jobs, admin, keys, ops, console):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

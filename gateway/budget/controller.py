@@ -131,7 +131,8 @@ class BudgetController:
         state = self.store.state(now)
         alpha = self._alpha(state)
         kept = self._commit("cloud" if prs < alpha else "edge", "model", prs, now, enforce_caps=True)
-        return replace(kept, prs=prs, alpha=alpha, rho=state.rho)
+        # The ρ the atomic commit enforced (another replica may have changed ρ since `state` was read).
+        return replace(kept, prs=prs, alpha=alpha, rho=kept.rho if kept.rho is not None else state.rho)
 
     def force(self, backend: str, *, may_exceed_rho: bool = False) -> Decision:
         """A request its caller forced to `backend` (`route`: edge or cloud), counted at once like `decide`.
@@ -139,7 +140,7 @@ class BudgetController:
         always): refused, it goes to the edge with reason "budget". Served otherwise later: `record` with its ticket."""
         now = self.clock()
         kept = self._commit(backend, "forced", None, now, enforce_caps=True, window_cap=not may_exceed_rho)
-        return replace(kept, rho=self.store.settings().rho)
+        return kept if kept.rho is not None else replace(kept, rho=self.store.settings().rho)
 
     def preview(self, prs: float, *, private: bool = False) -> Decision:
         """The decision a request with this score would get now, caps included, without counting it (POST /route).
@@ -168,8 +169,15 @@ class BudgetController:
         now = self.clock()
         if ticket is not None:
             return self.store.amend(ticket, backend=backend, reason=reason, now=now, policy=self.policy)
-        self._commit(backend, reason, None if prs is None else validate_prs(prs), now, enforce_caps=False)
+        self.count(backend, reason, prs=prs)
         return True
+
+    def count(self, backend: str, reason: str, *, prs: float | None = None) -> Decision:
+        """Count a request that bypassed `decide` (forced, private; never refused); the decision as committed,
+        with the ρ its commit enforced."""
+        validate_choice(backend, reason)
+        prs = None if prs is None else validate_prs(prs)
+        return self._commit(backend, reason, prs, self.clock(), enforce_caps=False)
 
     # ------------------------------------------------------------ admin
 

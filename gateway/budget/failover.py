@@ -170,7 +170,12 @@ class FailoverBudgetStore:
         if self._shared_ready():
             kept = self._try(
                 lambda: self.shared.commit(
-                    backend=backend, reason=reason, prs=prs, now=now, policy=policy, enforce_caps=enforce_caps,
+                    backend=backend,
+                    reason=reason,
+                    prs=prs,
+                    now=now,
+                    policy=policy,
+                    enforce_caps=enforce_caps,
                     window_cap=window_cap,
                 )
             )
@@ -181,7 +186,12 @@ class FailoverBudgetStore:
                 self._remember_ticket(kept.ticket, mirror.ticket, 2 * policy.decision_window)
                 return kept
         alone = self.local.commit(
-            backend=backend, reason=reason, prs=prs, now=now, policy=policy, enforce_caps=enforce_caps,
+            backend=backend,
+            reason=reason,
+            prs=prs,
+            now=now,
+            policy=policy,
+            enforce_caps=enforce_caps,
             window_cap=window_cap,
         )
         return replace(alone, ticket=-alone.ticket)

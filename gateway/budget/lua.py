@@ -126,7 +126,7 @@ if backend == 'cloud' then
   redis.call('ZADD', KEYS[7], fmt(now), ticket)
 end
 add_credit(credit_earned(rho, credit_margin, is_cloud), credit_limit)
-return {ticket, backend, reason}
+return {ticket, backend, reason, fmt(rho)}
 """
 )
 

@@ -241,7 +241,7 @@ class InMemoryBudgetStore:
                 self._cloud += 1
                 self._cloud_times.append((now, entry.ticket))
             self._add_credit(credit_earned(state.rho, policy.credit_margin, backend == "cloud"), policy.credit_limit)
-            return Decision(backend, reason, ticket=entry.ticket)  # type: ignore[arg-type]
+            return Decision(backend, reason, rho=state.rho, ticket=entry.ticket)  # type: ignore[arg-type]
 
     def amend(self, ticket: int, *, backend: str, reason: str, now: float, policy: WindowPolicy) -> bool:
         validate_choice(backend, reason)

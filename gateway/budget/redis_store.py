@@ -163,8 +163,9 @@ class RedisBudgetStore:
             repr(COST_CAP_PERIOD_S), policy.score_window, policy.decision_window, repr(float(policy.credit_limit)),
             repr(float(policy.credit_margin)), "1" if enforce_caps else "0", "1" if window_cap else "0",
         ]  # fmt: skip
-        ticket, kept_backend, kept_reason = self._commit_script(keys=self.keys, args=args)
-        return Decision(_text(kept_backend), _text(kept_reason), ticket=int(ticket))  # type: ignore[arg-type]
+        ticket, kept_backend, kept_reason, rho = self._commit_script(keys=self.keys, args=args)
+        kept = Decision(_text(kept_backend), _text(kept_reason), rho=_float(rho), ticket=int(ticket))  # type: ignore[arg-type]
+        return kept
 
     def amend(self, ticket: int, *, backend: str, reason: str, now: float, policy: WindowPolicy) -> bool:
         validate_choice(backend, reason)

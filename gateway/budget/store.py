@@ -72,9 +72,9 @@ class BudgetSettings:
 class Decision:
     """One routing outcome: where a request went, why, and what it was decided on.
 
-    The store fills backend, reason and ticket; the controller adds prs, α and ρ; the service replaces it
-    when the request is served otherwise (a cloud failure → ("edge", "fallback")). The HTTP `RouteInfo` is
-    this minus the ticket.
+    The store fills backend, reason, ticket and the ρ its atomic commit enforced; the controller adds prs and
+    α; the service replaces it when the request is served otherwise (a cloud failure → ("edge", "fallback")).
+    The HTTP `RouteInfo` is this minus the ticket.
     """
 
     backend: Backend
@@ -165,7 +165,7 @@ class BudgetStore(Protocol):
         cloud call the caps refuse (`rules.caps_refuse`; the cost cap only when not `window_cap`), make it
         (edge, "budget"); append it with the
         current ρ as its allowance; move the credit (`rules.credit_earned`, `rules.clipped_credit`);
-        return what was kept (backend, reason, ticket)."""
+        return what was kept (backend, reason, ticket) and the ρ this commit enforced (`Decision.rho`)."""
         ...
 
     def amend(self, ticket: int, *, backend: str, reason: str, now: float, policy: WindowPolicy) -> bool:

@@ -53,8 +53,9 @@ async function request(method, path, { body, token } = {}) {
 
 export const api = {
   status: () => request("GET", "/v1/status"),
-  route: (prompt, isPrivate) => request("POST", "/route", { body: { prompt, private: isPrivate } }),
-  generate: (body) => request("POST", "/generate", { body }),
+  route: (prompt, isPrivate, key) => request("POST", "/route", { body: { prompt, private: isPrivate }, token: key }),
+  generate: (body, key) => request("POST", "/generate", { body, token: key }),
+  listKeys: (token) => request("GET", "/admin/keys", { token }),
   getBudget: (token) => request("GET", "/admin/budget", { token }),
   putBudget: (token, update) => request("PUT", "/admin/budget", { body: update, token }),
 };

@@ -1,5 +1,6 @@
 // The console page: playground, live budget and admin, wired to the gateway's own endpoints.
-// The admin token lives only in the password field (page memory): never in storage, cookies or URLs.
+// The admin token and the API key live only in their password fields (page memory): never in storage, cookies
+// or URLs.
 
 import { api } from "./api.js";
 import { drawGauge, drawMetricBars, drawTimeLine, fmt } from "./charts.js";
@@ -88,13 +89,14 @@ async function onGenerate(event) {
   button.textContent = "Generating…";
   show($("generate-error"), "");
   $("result").hidden = true; // never show the last prompt's result as if it were this one's
-  const scoring = api.route(body.prompt, body.private).then(
+  const key = $("api-key").value.trim() || undefined;
+  const scoring = api.route(body.prompt, body.private, key).then(
     (score) => ({ score }),
     (error) => ({ error }),
   );
   const started = performance.now();
   try {
-    const result = await api.generate(body);
+    const result = await api.generate(body, key);
     const latency = performance.now() - started;
     renderImages(result.data);
     renderRoute(result, latency);
@@ -139,6 +141,7 @@ function renderBudget(status) {
   pill.textContent = status.ready ? "ready" : "starting…";
   $("admin-off").hidden = status.admin_enabled;
   $("admin-form").hidden = !status.admin_enabled;
+  $("api-key-label").hidden = !status.api_key_required;
 }
 
 async function refreshStatus() {
@@ -204,8 +207,34 @@ async function onRead() {
   await adminCall(async (token) => `The gateway serves ${budgetSummary(await api.getBudget(token))}.`);
 }
 
+async function onListKeys() {
+  await adminCall(async (token) => {
+    const { keys } = await api.listKeys(token);
+    const body = $("keys-table").querySelector("tbody");
+    body.replaceChildren();
+    const limit = (value) => (value === null || value === undefined ? "–" : String(value));
+    for (const k of keys) {
+      const u = k.usage;
+      const share = u.window_decisions ? `${u.window_cloud} / ${u.window_decisions}` : "–";
+      const cells = [k.name, limit(k.requests_per_minute), limit(k.images_per_day), limit(k.max_cloud_share),
+        k.allowed_arms.join(", "), String(u.requests_this_minute), String(u.images_today), share];
+      const row = document.createElement("tr");
+      for (const text of cells) {
+        const cell = document.createElement("td");
+        cell.textContent = text; // names come from the admin API: text, never markup
+        row.append(cell);
+      }
+      body.append(row);
+    }
+    $("keys-table").hidden = !keys.length;
+    return keys.length ? `${keys.length} client key(s).` : "No client keys: the gateway is open to anyone who reaches it.";
+  });
+}
+
 function onForget() {
   $("token").value = "";
+  $("keys-table").hidden = true;
+  $("keys-table").querySelector("tbody").replaceChildren();
   show($("admin-result"), "");
   show($("admin-error"), "");
 }
@@ -216,6 +245,7 @@ function start() {
   $("generate-form").addEventListener("submit", onGenerate);
   $("admin-form").addEventListener("submit", onApply);
   $("read-budget").addEventListener("click", onRead);
+  $("list-keys").addEventListener("click", onListKeys);
   $("forget-token").addEventListener("click", onForget);
   drawTimeLine($("fraction-chart"), [], Date.now() / 1000, MIN_WINDOW_S);
   refreshStatus();

@@ -7,9 +7,13 @@ import base64
 import time
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from backends.base import GenerationRequest, result_pngs
+from gateway.api.auth import ClientDep, ClientsDep, keyed
 from gateway.api.deps import GatewayDep
+from gateway.api.idempotent import idempotent
+from gateway.keys import ApiKey, ClientGate
 from gateway.schemas import (
     ErrorResponse,
     GenerateRequest,
@@ -22,17 +26,21 @@ from gateway.schemas import (
     ScoreResponse,
     parse_size,
 )
-from gateway.serving import Served, ServeRequest
+from gateway.serving import Gateway, Served, ServeRequest
 
 router = APIRouter()
 
 ERRORS = {
     400: {"model": ErrorResponse, "description": "Refused by the cloud provider's content filter"},
+    401: {"model": ErrorResponse, "description": "Missing, wrong or revoked API key (when keys are required)"},
+    403: {"model": ErrorResponse, "description": "The API key may not use the requested backend"},
     408: {"model": ErrorResponse, "description": "Body not complete within body_read_timeout_s"},
+    409: {"model": ErrorResponse, "description": "The first request with this Idempotency-Key is still running"},
     411: {"model": ErrorResponse, "description": "Chunked body without Content-Length"},
     413: {"model": ErrorResponse, "description": "Body larger than max_body_bytes"},
+    422: {"model": ErrorResponse, "description": "Invalid body, or an Idempotency-Key reused with another body"},
+    429: {"model": ErrorResponse, "description": "In-flight cap or a key's limit; see Retry-After"},
     431: {"model": ErrorResponse, "description": "Headers larger than max_header_bytes"},
-    429: {"model": ErrorResponse, "description": "Too many requests in flight; see Retry-After"},
     503: {"model": ErrorResponse, "description": "Backend busy or failed; see Retry-After"},
 }
 
@@ -59,33 +67,58 @@ async def images(served: Served) -> list[ImageData]:
     return [ImageData(b64_json=base64.b64encode(png).decode()) for png in pngs]
 
 
-@router.post("/generate", response_model=GenerateResponse, responses=ERRORS, tags=["images"])
-async def generate(body: GenerateRequest, request: Request, response: Response, gw: GatewayDep) -> GenerateResponse:
-    """Generate images; the router decides edge or cloud unless `route` or `private` says otherwise."""
-    request.state.counted = True  # Gateway.generate counts it in the metrics, whatever the outcome
-    served = await gw.generate(serve_request(body))
-    route_headers(response, served)
+async def generate_response(
+    body: GenerateRequest, gw: Gateway, clients: ClientGate, client: ApiKey | None, *, admit: bool = True
+) -> tuple[GenerateResponse, Served]:
+    """What POST /generate answers for `body` (also what a job's result is): quotas, routing, generation."""
+    job = keyed(clients, client, serve_request(body), private_given="private" in body.model_fields_set, admit=admit)
+    served = await gw.generate(job)
+    clients.served(client, served.route.backend, served.route.reason)
     return GenerateResponse(
         created=int(time.time()), data=await images(served), seed=served.result.seed,
         route=RouteInfo.model_validate(served.route),
-    )  # fmt: skip
+    ), served  # fmt: skip
+
+
+@router.post("/generate", response_model=GenerateResponse, responses=ERRORS, tags=["images"])
+async def generate(
+    body: GenerateRequest, request: Request, gw: GatewayDep, client: ClientDep, clients: ClientsDep
+) -> Response:
+    """Generate images; the router decides edge or cloud unless `route` or `private` says otherwise.
+    With an `Idempotency-Key` header, a retry with the same body gets the first response (generated once)."""
+
+    async def produce() -> JSONResponse:
+        request.state.counted = True  # Gateway.generate counts it in the metrics, whatever the outcome
+        answer, served = await generate_response(body, gw, clients, client)
+        response = JSONResponse(answer.model_dump(mode="json"))
+        route_headers(response, served)
+        return response
+
+    return await idempotent(request, client, body.model_dump(mode="json"), produce)
 
 
 @router.post("/v1/images/generations", response_model=OpenAIImageResponse, responses=ERRORS, tags=["images"])
 async def openai_generations(
-    body: OpenAIImageRequest, request: Request, response: Response, gw: GatewayDep
+    body: OpenAIImageRequest,
+    request: Request,
+    response: Response,
+    gw: GatewayDep,
+    client: ClientDep,
+    clients: ClientsDep,
 ) -> OpenAIImageResponse:
-    """OpenAI Images API shape, served through the same routing as /generate (`private` and the caps included)."""
-    request.state.counted = True
+    """OpenAI Images API shape, served through the same routing as /generate (`private`, the caps and keys included)."""
     native = GenerateRequest(prompt=body.prompt, n=body.n, size=body.size, route=body.model or "auto",
                              private=body.private)  # fmt: skip
-    served = await gw.generate(serve_request(native))
+    job = keyed(clients, client, serve_request(native), private_given="private" in body.model_fields_set)
+    request.state.counted = True
+    served = await gw.generate(job)
+    clients.served(client, served.route.backend, served.route.reason)
     route_headers(response, served)
     return OpenAIImageResponse(created=int(time.time()), data=await images(served))
 
 
 @router.post("/route", response_model=ScoreResponse, tags=["routing"])
-async def route(body: ScoreRequest, gw: GatewayDep) -> ScoreResponse:
+async def route(body: ScoreRequest, gw: GatewayDep, client: ClientDep) -> ScoreResponse:
     """Score a prompt and say where it would go now (the budget's caps included); generates and counts nothing."""
     score, decision = await gw.preview(body.prompt, private=body.private)
     return ScoreResponse(

@@ -52,6 +52,7 @@ async def status(request: Request, budget: BudgetDep, edge: EdgeDep, cloud: Clou
         "cloud_breaker": breaker_status(cloud),
         "edge_queue_depth": edge.queue_depth() if hasattr(edge, "queue_depth") else None,
         "admin_enabled": settings.admin_token is not None,
+        "api_key_required": settings.require_api_key,
     }
 
 
