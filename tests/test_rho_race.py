@@ -57,7 +57,8 @@ def test_redis_commit_reports_the_rho_it_enforced(redis_server):
 
 
 def test_a_forced_request_reports_the_rho_its_count_enforced(tmp_path):
-    """A forced cloud call is counted after the cloud answers; ρ changed meanwhile is the ρ it reports."""
+    """A forced cloud call is counted (through the caps) before the cloud is called; an admin change of ρ that lands
+    while the call runs applies to the next request, and each reports the ρ its own count enforced."""
     import httpx
 
     from gateway.app import create_app
@@ -66,13 +67,15 @@ def test_a_forced_request_reports_the_rho_its_count_enforced(tmp_path):
 
     class ChangesRho(InstantBackend):
         async def generate(self, request):
-            app.state.budget.set_rho(0.55)  # an admin change lands while the cloud call runs
+            if app.state.budget.rho == 0.3:
+                app.state.budget.set_rho(0.55)  # an admin change lands while the first cloud call runs
             return await super().generate(request)
 
     app = create_app(standin_settings(tmp_path), router=HashScorer(), edge=InstantBackend("edge"),
                      cloud=ChangesRho("cloud"))  # fmt: skip
     with LiveServer(app) as server:
         body = {"prompt": "a forced one", "size": "64x64", "route": "cloud"}
-        route = httpx.post(f"{server.url}/generate", json=body).json()["route"]
-        assert (route["backend"], route["reason"], route["rho"]) == ("cloud", "forced", 0.55)
-        assert app.state.budget.store.state(0).allowance_micro == 550_000
+        first = httpx.post(f"{server.url}/generate", json=body).json()["route"]
+        second = httpx.post(f"{server.url}/generate", json=body).json()["route"]
+    assert (first["backend"], first["reason"], first["rho"]) == ("cloud", "forced", 0.3)
+    assert (second["backend"], second["reason"], second["rho"]) == ("cloud", "forced", 0.55)
