@@ -50,6 +50,7 @@ class MultiRouterConfig:
     log_tokens_mean: float = 0.0
     log_tokens_std: float = 1.0
     data: dict = field(default_factory=dict)  # what it was trained on (model card material)
+    head: str = "irt"  # how the weights were fitted ("irt", or "ridge(...)": generic head only)
 
     @property
     def input_dim(self) -> int:

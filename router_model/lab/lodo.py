@@ -21,7 +21,7 @@ import torch
 
 from router_model.evaluate import curve_auc, delta_p_curve, prompt_tiebreak, rho_grid
 from router_model.lab.ratings import NATURAL_PAIRS, Pair, RatedPrompt, load_shared, prompt_key, to_pair_examples
-from router_model.lab.train_multi import PromptInputs, build_targets, train_multi
+from router_model.lab.train_multi import PromptInputs, build_targets, fit_ridge, train_multi
 from router_model.multi_router import MultiRouterConfig
 
 RHOS = rho_grid()
@@ -51,37 +51,45 @@ def score_pair(scores: np.ndarray, examples) -> tuple[float, float]:
 # ---------------------------------------------------------------- candidates
 
 
-def _ridge(inputs: PromptInputs, use_emb: bool, alpha: float) -> Scorer:
-    def fit(train, prompts, pair):
-        t = build_targets(train, inputs)
+_FITS: dict = {}
+
+
+def _fit_once(key: tuple, train, build):
+    """One fit per (design, training sets); the registry holds `train` itself so its id is never reused."""
+    hit = _FITS.get(key)
+    if hit is None or hit[0] is not train:
+        _FITS[key] = (train, build())
+    return _FITS[key][1]
+
+
+def _ridge(inputs: PromptInputs, use_emb: bool, alpha: float, pairs_mode: str = "all") -> Scorer:
+    def build(train):
+        t = _fit_once(("targets", pairs_mode), train, lambda: build_targets(train, inputs, pairs_mode))
         x_all = np.concatenate([inputs.features, inputs.pooled], 1) if use_emb else inputs.features
         x = x_all[t.pair_row]
         mu, sd = x.mean(0), np.maximum(x.std(0), 1e-6)
         xs = (x - mu) / sd
         w = t.pair_w / t.pair_w.sum()
-        # weighted ridge with intercept per training pair (like the torch model's pair biases)
+        # weighted ridge with an intercept per training pair (like the torch model's pair biases)
         onehot = np.zeros((len(xs), t.n_pair_bias))
         onehot[np.arange(len(xs)), t.pair_bias] = 1.0
         a = np.concatenate([xs, onehot], 1)
-        reg = np.r_[np.full(xs.shape[1], alpha), np.zeros(t.n_pair_bias)] * 1e-3
+        reg = np.r_[np.full(xs.shape[1], alpha), np.zeros(t.n_pair_bias)]  # in units of the standardised covariance
         coef = np.linalg.solve(a.T @ (a * w[:, None]) + np.diag(reg) + 1e-9 * np.eye(a.shape[1]), a.T @ (w * t.pair_y))
-        beta = coef[: xs.shape[1]]
-        xt = (x_all[inputs.rows(prompts)] - mu) / sd
-        return xt @ beta, "generic"
+        return x_all, mu, sd, coef[: xs.shape[1]]
+
+    def fit(train, prompts, pair):
+        x_all, mu, sd, beta = _fit_once(("ridge", use_emb, alpha, pairs_mode), train, lambda: build(train))
+        return ((x_all[inputs.rows(prompts)] - mu) / sd) @ beta, "generic"
 
     return fit
 
 
-def _irt(inputs: PromptInputs, tower: str, use_emb: bool, head: str, blend: float = 0.0) -> Scorer:
-    cache: dict = {}
-
+def _irt(inputs: PromptInputs, tower: str, use_emb: bool, head: str, **train_kw) -> Scorer:
     def fit(train, prompts, pair):
-        # keyed by identity; the cache holds `train` itself so its id cannot be reused by a new dict
-        if cache.get("train") is not train:
-            cfg = MultiRouterConfig(tower=tower, use_embedding=use_emb, length_blend=blend)
-            cache.update(train=train, fit=train_multi(train, inputs, cfg))
-        model, summary = cache["fit"]
-        model.config.length_blend = blend
+        key = ("irt", tower, use_emb, tuple(sorted(train_kw.items())))
+        cfg = MultiRouterConfig(tower=tower, use_embedding=use_emb)
+        model, summary = _fit_once(key, train, lambda: train_multi(train, inputs, cfg, **train_kw))
         rows = inputs.rows(prompts)
         edge, cloud = (pair.edge, pair.cloud) if head == "auto" else ("?edge", "?cloud")
         out = model.advantage_from_inputs(
@@ -105,23 +113,49 @@ def _blend(inputs: PromptInputs, base: Scorer, weight: float = 1.0) -> Scorer:
 
 
 def candidates(inputs: PromptInputs) -> dict[str, Scorer]:
-    feats = lambda col: lambda tr, p, pair: (inputs.features[inputs.rows(p), col].astype(np.float64), "-")  # noqa: E731
-    irt_lin = _irt(inputs, "linear", True, "auto")
-    ridge_fe = _ridge(inputs, True, 1.0)
-    return {
+    """Every design compared; names start with the brief's letter (a features, b +embedding, c IRT, e blends)."""
+    out: dict[str, Scorer] = {
         "random": lambda tr, p, pair: (np.random.default_rng(0).random(len(p)), "-"),
         "prompt_length": lambda tr, p, pair: (inputs.tokens[inputs.rows(p)].astype(np.float64), "-"),
-        "noun_count": feats(1),
-        "a_ridge_features": _ridge(inputs, False, 1.0),
-        "b_ridge_feat+emb": ridge_fe,
-        "b_mlp_feat+emb(generic)": _irt(inputs, "mlp", True, "generic"),
-        "c_irt_linear_feat": _irt(inputs, "linear", False, "auto"),
-        "c_irt_linear(auto)": irt_lin,
-        "c_irt_linear(generic)": _irt(inputs, "linear", True, "generic"),
-        "c_irt_mlp(auto)": _irt(inputs, "mlp", True, "auto"),
-        "e_irt_linear+len": _blend(inputs, irt_lin),
-        "e_ridge_fe+len": _blend(inputs, ridge_fe),
+        "noun_count": lambda tr, p, pair: (inputs.features[inputs.rows(p), 1].astype(np.float64), "-"),
     }
+    for emb in (False, True):
+        for mode in ("all", "gap", "natural"):
+            for alpha in (1e-3, 0.1, 10.0):
+                name = f"{'b' if emb else 'a'}_ridge_{mode}_a{alpha:g}"
+                out[name] = _ridge(inputs, emb, alpha, mode)
+                out[f"e_{name[2:]}{'_emb' if emb else ''}+len"] = _blend(inputs, out[name])
+    for tower, emb, l2 in (
+        ("linear", False, 1e-3),
+        ("linear", True, 1e-3),
+        ("linear", True, 1e-1),
+        ("mlp", True, 1e-3),
+    ):
+        name = f"c_irt_{tower}{'_emb' if emb else ''}_l2{l2:g}"
+        out[name] = _irt(inputs, tower, emb, "auto", l2=l2)
+        out[f"{name}(generic)"] = _irt(inputs, tower, emb, "generic", l2=l2)
+        out[f"e_{name[2:]}+len"] = _blend(inputs, out[name])
+    for mode in ("all", "natural"):
+        for blend in (0.0, 1.0):
+            out[f"s_ridge_{mode}_emb_a0.1_blend{blend:g}"] = _shipped_ridge(inputs, mode, 0.1, blend)
+    return out
+
+
+def _shipped_ridge(inputs: PromptInputs, mode: str, alpha: float, blend: float) -> Scorer:
+    """The deliverable path: `fit_ridge` → `MultiRouter` (blend with training-set statistics, as served)."""
+
+    def fit(train, prompts, pair):
+        t = _fit_once(("targets", mode), train, lambda: build_targets(train, inputs, mode))
+        model = _fit_once(
+            ("ship", mode, alpha, blend), train, lambda: fit_ridge(train, inputs, alpha, mode, True, blend, targets=t)
+        )
+        rows = inputs.rows(prompts)
+        out = model.advantage_from_inputs(
+            inputs.features[rows], inputs.pooled[rows], inputs.tokens[rows], pair.edge, pair.cloud
+        )
+        return out.advantage, out.head
+
+    return fit
 
 
 # ---------------------------------------------------------------- protocols
@@ -184,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     inputs = load_inputs(args.data, args.cache)
     methods = candidates(inputs)
     if args.methods:
-        methods = {m: methods[m] for m in args.methods.split(",")}
+        import fnmatch
+
+        pats = args.methods.split(",")
+        methods = {m: f for m, f in methods.items() if any(fnmatch.fnmatch(m, p) for p in pats)}
     result = {}
     if args.held:
         result["lodo"] = lodo(sets, inputs, methods, args.held.split(","))

@@ -73,7 +73,15 @@ class Targets:
         )  # fmt: skip
 
 
-def build_targets(sets: dict[str, Sequence[RatedPrompt]], inputs: PromptInputs) -> Targets:
+def build_targets(sets: dict[str, Sequence[RatedPrompt]], inputs: PromptInputs, pairs_mode: str = "all") -> Targets:
+    """Quality cells and oriented pair gaps of every set.
+
+    `pairs_mode`: "all" (every two models of a set, each pair the same weight), "gap" (pairs weighted by
+    their mean gap |Δz|: near-ties, whose orientation is noise, count little) or "natural" (only each
+    set's natural edge→cloud pair, where it has one).
+    """
+    from router_model.lab.ratings import NATURAL_PAIRS
+
     models = sorted({m for items in sets.values() for it in items for m in it.scores})
     midx = {m: i for i, m in enumerate(models)}
     cells: list[tuple[int, int, int, float, float]] = []
@@ -110,10 +118,15 @@ def build_targets(sets: dict[str, Sequence[RatedPrompt]], inputs: PromptInputs) 
                 if len(gaps) >= 2:
                     sign = 1.0 if np.mean([g for _, g in gaps]) >= 0 else -1.0
                     oriented.append(((name, a, b), [(r, sign * g) for r, g in gaps]))
-        for key, gaps in oriented:
+        if pairs_mode == "natural":
+            nat = NATURAL_PAIRS.get(name)
+            oriented = [o for o in oriented if nat is not None and {o[0][1], o[0][2]} == {nat.edge, nat.cloud}]
+        share = np.array([abs(np.mean([g for _, g in gaps])) if pairs_mode == "gap" else 1.0 for _, gaps in oriented])
+        share = share / share.sum() if len(share) and share.sum() > 0 else share
+        for (key, gaps), sh in zip(oriented, share, strict=True):
             bi = pair_bias.setdefault(key, len(pair_bias))
             for r, g in gaps:
-                pairs.append((r, bi, g, 1.0 / (len(oriented) * len(gaps))))
+                pairs.append((r, bi, g, sh / len(gaps)))
     c = np.array(cells, dtype=np.float64).reshape(-1, 5)
     p = np.array(pairs, dtype=np.float64).reshape(-1, 4)
     return Targets(
@@ -134,6 +147,7 @@ def train_multi(
     config: MultiRouterConfig | None = None,
     l2: float = 1e-3,
     pair_weight: float = 1.0,
+    pairs_mode: str = "all",
     lr: float = 1e-2,
     max_epochs: int = 400,
     patience: int = 40,
@@ -143,7 +157,7 @@ def train_multi(
     """Full-batch Adam on the dataset-balanced quality and pair losses; returns the router and a summary."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    targets = build_targets(sets, inputs)
+    targets = build_targets(sets, inputs, pairs_mode)
     used = np.zeros(len(inputs.tokens), dtype=bool)
     used[targets.cell_row] = True
     used[targets.pair_row] = True
@@ -184,7 +198,7 @@ def train_multi(
         return cell + pair_weight * pair
 
     best, best_state, bad, epochs = float("inf"), None, 0, 0
-    for epochs in range(1, max_epochs + 1):
+    for epochs in range(1, max_epochs + 1):  # noqa: B007 (reported after the loop)
         model.train()
         opt.zero_grad()
         theta = model.theta(x)
@@ -211,3 +225,61 @@ def train_multi(
         model.theta_cov.copy_(torch.cov(th.T) if len(th) > 1 else torch.eye(th.shape[1]))
     summary = {"epochs": epochs, "val_loss": best, "seconds": time.perf_counter() - t0, "models": len(targets.models)}
     return model, summary
+
+
+def train_on_sets(
+    sets: dict[str, Sequence[RatedPrompt]], config: MultiRouterConfig | None = None, **kw
+) -> tuple[MultiRouter, dict]:
+    """Encode every prompt of `sets` (features + pooled encoder states) and train; the entry point for a checkpoint."""
+    prompts = [it.prompt for items in sets.values() for it in items]
+    return train_multi(sets, PromptInputs.compute(prompts), config, **kw)
+
+
+def fit_ridge(
+    sets: dict[str, Sequence[RatedPrompt]],
+    inputs: PromptInputs,
+    alpha: float = 0.1,
+    pairs_mode: str = "all",
+    use_embedding: bool = True,
+    length_blend: float = 0.0,
+    targets: Targets | None = None,
+) -> MultiRouter:
+    """The generic gap as a closed-form weighted ridge, packed into a `MultiRouter` (rank 1, no pair heads).
+
+    Regresses every training pair's oriented gap (dataset-balanced weights, one intercept per pair) on
+    the standardised inputs; `alpha` is in units of the standardised covariance.
+    """
+    t = targets if targets is not None else build_targets(sets, inputs, pairs_mode)
+    x_all = np.concatenate([inputs.features, inputs.pooled], 1) if use_embedding else inputs.features
+    x = x_all[t.pair_row]
+    mu, sd = x.mean(0), np.maximum(x.std(0), 1e-6)
+    xs = (x - mu) / sd
+    w = t.pair_w / t.pair_w.sum()
+    onehot = np.zeros((len(xs), t.n_pair_bias))
+    onehot[np.arange(len(xs)), t.pair_bias] = 1.0
+    a = np.concatenate([xs, onehot], 1)
+    reg = np.r_[np.full(xs.shape[1], alpha), np.zeros(t.n_pair_bias)]
+    coef = np.linalg.solve(a.T @ (a * w[:, None]) + np.diag(reg) + 1e-9 * np.eye(a.shape[1]), a.T @ (w * t.pair_y))
+    rows = np.unique(np.r_[t.pair_row, t.cell_row])
+    log_tok = np.log1p(inputs.tokens[rows])
+    config = MultiRouterConfig(
+        models=[],
+        use_embedding=use_embedding,
+        tower="linear",
+        rank=1,
+        length_blend=length_blend,
+        x_mean=mu.tolist(),
+        x_std=sd.tolist(),
+        log_tokens_mean=float(log_tok.mean()),
+        log_tokens_std=float(max(log_tok.std(), 1e-6)),
+        data={name: len(items) for name, items in sets.items()},
+        head=f"ridge(alpha={alpha:g}, pairs={pairs_mode})",
+    )
+    model = MultiRouter(config)
+    with torch.no_grad():
+        model.tower[0].weight.copy_(torch.as_tensor(coef[: xs.shape[1]], dtype=torch.float32)[None, :])
+        model.tower[0].bias.zero_()
+        model.generic.fill_(1.0)
+        th = model.theta(torch.as_tensor(x_all[rows], dtype=torch.float32))
+        model.theta_cov.fill_(float(th.var()) if len(th) > 1 else 1.0)
+    return model.eval()
