@@ -145,3 +145,18 @@ def test_lodo_and_kfold_never_train_on_a_test_prompt():
     lodo_mod.lodo(sets, inputs, {"spy": spy}, ["seetrue"])
     lodo_mod.kfold(sets, inputs, {"spy": spy}, "seetrue", k=4)
     assert len(seen) == 5 and all(not s for s in seen)
+
+
+def test_ridge_design_learns_the_planted_gap_and_round_trips(tmp_path):
+    from router_model.lab.train_multi import train_on_sets
+
+    sets, inputs, prompts = _planted()
+    model = train_on_sets(sets, "ridge", inputs, alpha=0.1, use_embedding=False, length_blend=1.0)
+    rows = inputs.rows(prompts)
+    out = model.advantage_from_inputs(inputs.features[rows], None, inputs.tokens[rows], "sd-2.1", "dall-e-3")
+    assert out.head == "generic" and model.config.head.startswith("ridge")
+    assert np.corrcoef(out.advantage, inputs.features[rows, 0])[0, 1] > 0.9
+    model.save_pretrained(tmp_path / "r")
+    back = MultiRouter.from_pretrained(tmp_path / "r")
+    again = back.advantage_from_inputs(inputs.features[rows], None, inputs.tokens[rows], "sd-2.1", "dall-e-3")
+    np.testing.assert_allclose(again.advantage, out.advantage, rtol=1e-5, atol=1e-6)

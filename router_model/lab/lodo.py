@@ -136,7 +136,7 @@ def candidates(inputs: PromptInputs) -> dict[str, Scorer]:
         out[f"{name}(generic)"] = _irt(inputs, tower, emb, "generic", l2=l2)
         out[f"e_{name[2:]}+len"] = _blend(inputs, out[name])
     for mode in ("all", "natural"):
-        for blend in (0.0, 1.0):
+        for blend in (0.0, 0.5, 1.0, 2.0):
             out[f"s_ridge_{mode}_emb_a0.1_blend{blend:g}"] = _shipped_ridge(inputs, mode, 0.1, blend)
     return out
 

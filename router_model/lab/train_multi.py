@@ -228,11 +228,20 @@ def train_multi(
 
 
 def train_on_sets(
-    sets: dict[str, Sequence[RatedPrompt]], config: MultiRouterConfig | None = None, **kw
-) -> tuple[MultiRouter, dict]:
-    """Encode every prompt of `sets` (features + pooled encoder states) and train; the entry point for a checkpoint."""
-    prompts = [it.prompt for items in sets.values() for it in items]
-    return train_multi(sets, PromptInputs.compute(prompts), config, **kw)
+    sets: dict[str, Sequence[RatedPrompt]], design: str = "ridge", inputs: PromptInputs | None = None, **kw
+) -> MultiRouter:
+    """Encode every prompt of `sets` (features + pooled encoder states) and fit; the entry point for a checkpoint.
+
+    `design="ridge"` (the LODO winner, `fit_ridge`: kw alpha, pairs_mode, length_blend) or `"irt"`
+    (`train_multi`: kw config, l2, …).
+    """
+    if inputs is None:
+        inputs = PromptInputs.compute([it.prompt for items in sets.values() for it in items])
+    if design == "ridge":
+        return fit_ridge(sets, inputs, **kw)
+    if design == "irt":
+        return train_multi(sets, inputs, **kw)[0]
+    raise ValueError(f"design must be 'ridge' or 'irt', got {design!r}")
 
 
 def fit_ridge(
