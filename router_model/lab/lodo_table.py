@@ -17,7 +17,7 @@ TARGET_SETS = ("genai", "agiqa3k", "geneval", "seetrue", "aigciqa2023")
 
 def lodo_rows(lodo: dict) -> list[tuple[str, dict]]:
     sets = list(lodo)
-    methods = [m for m in lodo[sets[0]] if m != "n"]
+    methods = list(dict.fromkeys(m for s in sets for m in lodo[s] if m != "n"))
     rows = []
     for m in methods:
         dp = {s: lodo[s][m]["dp50"] for s in sets if m in lodo[s]}
@@ -29,7 +29,7 @@ def lodo_rows(lodo: dict) -> list[tuple[str, dict]]:
                          "wins5": sum(dp[s] >= dp_len and auc[s] >= auc_len for s, dp_len, auc_len in
                                       ((s, lodo[s]["prompt_length"]["dp50"], lodo[s]["prompt_length"]["auc"])
                                        for s in TARGET_SETS if s in dp))}))  # fmt: skip
-    return sorted(rows, key=lambda r: -r[1]["sel"])
+    return sorted(rows, key=lambda r: (len(r[1]["dp"]) < len(sets), -r[1]["sel"]))  # partial rows last
 
 
 def markdown(lodo: dict) -> str:
@@ -39,7 +39,9 @@ def markdown(lodo: dict) -> str:
     head += "|---" * (len(sets) + 4) + "|\n"
     lines = []
     for m, r in lodo_rows(lodo):
-        cells = " | ".join(f"{r['dp'][s]:.1f} / {r['auc'][s]:.1f}" for s in sets)
+        cells = " | ".join(f"{r['dp'][s]:.1f} / {r['auc'][s]:.1f}" if s in r["dp"] else "–" for s in sets)
+        if len(r["dp"]) < len(sets):
+            m += f" (partial: {len(r['dp'])} sets)"
         lines.append(f"| {m} | {cells} | {r['mean5_dp']:.1f} / {r['mean5_auc']:.1f} | {r['wins5']} | {r['sel']:.1f} |")
     return head + "\n".join(lines) + "\n"
 
