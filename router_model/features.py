@@ -52,15 +52,23 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
-def prompt_features(prompts: Sequence[str], nouns: Sequence[int] | None = None) -> np.ndarray:
-    """[N, len(FEATURE_NAMES)] features; `nouns` may be passed when already counted."""
+def prompt_features(
+    prompts: Sequence[str], nouns: Sequence[int] | None = None, names: Sequence[str] = FEATURE_NAMES
+) -> np.ndarray:
+    """[N, len(names)] features (columns in `names` order); `nouns` may be passed when already counted.
+
+    spaCy runs only when `log_nouns` is asked for (it is the one feature that costs milliseconds).
+    """
     prompts = list(prompts)
+    unknown = set(names) - set(FEATURE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown feature(s) {sorted(unknown)}; known: {FEATURE_NAMES}")
     if nouns is None:
-        nouns = count_nouns(prompts) if prompts else []
+        nouns = count_nouns(prompts) if prompts and "log_nouns" in names else [0] * len(prompts)
     rows = []
     for text, n_nouns in zip(prompts, nouns, strict=True):
         row = [len(_WORD.findall(text)), n_nouns, text.count(",")]
         row += [len(pattern.findall(text)) for pattern in _MARKERS.values()]
         rows.append(row)
     out = np.log1p(np.asarray(rows, dtype=np.float64).reshape(len(prompts), len(FEATURE_NAMES)))
-    return out.astype(np.float32)
+    return out[:, [FEATURE_NAMES.index(n) for n in names]].astype(np.float32)

@@ -90,6 +90,10 @@ class MultiRouter(nn.Module):
     # ------------------------------------------------------------ inputs
 
     def inputs(self, features: np.ndarray, pooled: np.ndarray | None) -> torch.Tensor:
+        """Tower input; `features` has the config's columns, or all of FEATURE_NAMES (then they are selected)."""
+        names = self.config.feature_names
+        if features.shape[1] == len(FEATURE_NAMES) and len(names) != len(FEATURE_NAMES):
+            features = features[:, [FEATURE_NAMES.index(n) for n in names]]
         parts = [torch.as_tensor(features, dtype=torch.float32)]
         if self.config.use_embedding:
             if pooled is None:
@@ -141,7 +145,8 @@ class MultiRouter(nn.Module):
         st = self.encoder().encode(prompts)
         pooled = st.mean_pooled().numpy() if self.config.use_embedding else None
         tokens = st.mask.sum(1).numpy()
-        return self.advantage_from_inputs(prompt_features(prompts), pooled, tokens, edge_id, cloud_id)
+        feats = prompt_features(prompts, names=self.config.feature_names)
+        return self.advantage_from_inputs(feats, pooled, tokens, edge_id, cloud_id)
 
     # ------------------------------------------------------------ checkpoint
 

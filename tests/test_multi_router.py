@@ -160,3 +160,12 @@ def test_ridge_design_learns_the_planted_gap_and_round_trips(tmp_path):
     back = MultiRouter.from_pretrained(tmp_path / "r")
     again = back.advantage_from_inputs(inputs.features[rows], None, inputs.tokens[rows], "sd-2.1", "dall-e-3")
     np.testing.assert_allclose(again.advantage, out.advantage, rtol=1e-5, atol=1e-6)
+
+
+def test_feature_subset_keeps_order_and_skips_nouns():
+    names = ("log_text", "log_words")
+    x = prompt_features(['a sign that says "hi"', "a cat"], names=names)
+    full = prompt_features(['a sign that says "hi"', "a cat"])
+    np.testing.assert_array_equal(x, full[:, [FEATURE_NAMES.index(n) for n in names]])
+    with pytest.raises(ValueError):
+        prompt_features(["a cat"], names=("bogus",))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from router_model.evaluate import curve_auc, delta_p_curve, prompt_tiebreak, rho_grid
+from router_model.features import FEATURE_NAMES
 from router_model.lab.ratings import NATURAL_PAIRS, Pair, RatedPrompt, load_shared, prompt_key, to_pair_examples
 from router_model.lab.train_multi import PromptInputs, build_targets, fit_ridge, train_multi
 from router_model.multi_router import MultiRouterConfig
@@ -138,16 +139,20 @@ def candidates(inputs: PromptInputs) -> dict[str, Scorer]:
     for mode in ("all", "natural"):
         for blend in (0.0, 0.5, 1.0, 2.0):
             out[f"s_ridge_{mode}_emb_a0.1_blend{blend:g}"] = _shipped_ridge(inputs, mode, 0.1, blend)
+    no_nouns = tuple(n for n in FEATURE_NAMES if n != "log_nouns")  # no spaCy at serving time
+    out["s_ridge_all_emb_a0.1_blend0_nonouns"] = _shipped_ridge(inputs, "all", 0.1, 0.0, no_nouns)
     return out
 
 
-def _shipped_ridge(inputs: PromptInputs, mode: str, alpha: float, blend: float) -> Scorer:
+def _shipped_ridge(inputs: PromptInputs, mode: str, alpha: float, blend: float, names=FEATURE_NAMES) -> Scorer:
     """The deliverable path: `fit_ridge` → `MultiRouter` (blend with training-set statistics, as served)."""
 
     def fit(train, prompts, pair):
         t = _fit_once(("targets", mode), train, lambda: build_targets(train, inputs, mode))
         model = _fit_once(
-            ("ship", mode, alpha, blend), train, lambda: fit_ridge(train, inputs, alpha, mode, True, blend, targets=t)
+            ("ship", mode, alpha, blend, tuple(names)),
+            train,
+            lambda: fit_ridge(train, inputs, alpha, mode, True, blend, targets=t, feature_names=names),
         )
         rows = inputs.rows(prompts)
         out = model.advantage_from_inputs(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from router_model.features import FEATURE_NAMES
 from router_model.lab.ratings import RatedPrompt, normalisation, prompt_key
 from router_model.multi_router import MultiRouter, MultiRouterConfig
 
@@ -252,6 +253,7 @@ def fit_ridge(
     use_embedding: bool = True,
     length_blend: float = 0.0,
     targets: Targets | None = None,
+    feature_names: Sequence[str] = FEATURE_NAMES,
 ) -> MultiRouter:
     """The generic gap as a closed-form weighted ridge, packed into a `MultiRouter` (rank 1, no pair heads).
 
@@ -259,7 +261,8 @@ def fit_ridge(
     the standardised inputs; `alpha` is in units of the standardised covariance.
     """
     t = targets if targets is not None else build_targets(sets, inputs, pairs_mode)
-    x_all = np.concatenate([inputs.features, inputs.pooled], 1) if use_embedding else inputs.features
+    feats = inputs.features[:, [FEATURE_NAMES.index(n) for n in feature_names]]
+    x_all = np.concatenate([feats, inputs.pooled], 1) if use_embedding else feats
     x = x_all[t.pair_row]
     mu, sd = x.mean(0), np.maximum(x.std(0), 1e-6)
     xs = (x - mu) / sd
@@ -273,6 +276,7 @@ def fit_ridge(
     log_tok = np.log1p(inputs.tokens[rows])
     config = MultiRouterConfig(
         models=[],
+        feature_names=list(feature_names),
         use_embedding=use_embedding,
         tower="linear",
         rank=1,
