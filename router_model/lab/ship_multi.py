@@ -9,6 +9,7 @@ import argparse
 import json
 import time
 
+from router_model.features import FEATURE_NAMES
 from router_model.lab.lodo import load_inputs
 from router_model.lab.ratings import load_shared
 from router_model.lab.train_multi import train_on_sets
@@ -21,13 +22,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", default="runs/inputs.npz")
     ap.add_argument("--design", choices=("ridge", "irt"), default="ridge")
     ap.add_argument("--length-blend", type=float, default=0.0)
+    ap.add_argument("--nouns", action="store_true", help="keep the spaCy noun count (LODO winner drops it)")
     ap.add_argument("--out", default="runs/multi_router")
     args = ap.parse_args(argv)
     sets = load_shared(args.data)
     inputs = load_inputs(args.data, args.cache)
     t = time.perf_counter()
     if args.design == "ridge":
-        model = train_on_sets(sets, "ridge", inputs, alpha=0.1, pairs_mode="all", length_blend=args.length_blend)
+        names = FEATURE_NAMES if args.nouns else tuple(n for n in FEATURE_NAMES if n != "log_nouns")
+        model = train_on_sets(
+            sets, "ridge", inputs, alpha=0.1, pairs_mode="all", length_blend=args.length_blend, feature_names=names
+        )
     else:
         model = train_on_sets(
             sets, "irt", inputs, config=MultiRouterConfig(tower="mlp", length_blend=args.length_blend)
