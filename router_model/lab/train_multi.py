@@ -1,0 +1,298 @@
+"""Training of `MultiRouter` on a union of rated-prompt sets (dataset-balanced, early-stopped).
+
+Targets are scores normalised per (dataset, dimension) (z over every prompt × model cell); the
+`seconds` cost is never a target. Every dataset weighs the same in the loss whatever its size (CEMS's
+10k prompts must not drown GenEval's 100), and within a dataset every dimension and every model pair
+weighs the same. Two terms:
+- quality cells: z(p, m, d) ≈ b_{dataset,d,m} + <θ(p), δ + a_m>, for every rated cell (AIGIQA-20K's
+  single-model prompts included: they teach prompt difficulty and model ability);
+- pair gaps: for every two models rated on the same prompt of a dataset, oriented better − worse by
+  their dataset means, mean_d (z_better − z_worse) ≈ c_{pair} + <θ(p), g> (the generic head).
+Early stopping on an inner validation split of prompts (by normalised text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from router_model.features import FEATURE_NAMES
+from router_model.lab.ratings import RatedPrompt, normalisation, prompt_key
+from router_model.multi_router import MultiRouter, MultiRouterConfig
+
+
+@dataclass
+class PromptInputs:
+    """Per-prompt tower inputs, rows addressed by normalised prompt text."""
+
+    features: np.ndarray
+    pooled: np.ndarray
+    tokens: np.ndarray
+    row: dict[str, int]
+
+    @classmethod
+    def compute(cls, prompts: Sequence[str]) -> PromptInputs:
+        from router_model.features import prompt_features
+        from router_model.lab.cache import encode_pooled
+
+        prompts = list(dict.fromkeys(prompts))
+        pooled, tokens = encode_pooled(prompts)
+        return cls(prompt_features(prompts), pooled, tokens, {prompt_key(p): i for i, p in enumerate(prompts)})
+
+    def rows(self, prompts: Sequence[str]) -> np.ndarray:
+        return np.array([self.row[prompt_key(p)] for p in prompts], dtype=np.int64)
+
+
+@dataclass
+class Targets:
+    cell_row: np.ndarray
+    cell_model: np.ndarray
+    cell_bias: np.ndarray
+    cell_y: np.ndarray
+    cell_w: np.ndarray
+    pair_row: np.ndarray
+    pair_bias: np.ndarray
+    pair_y: np.ndarray
+    pair_w: np.ndarray
+    models: list[str]
+    n_cell_bias: int
+    n_pair_bias: int
+
+    def subset_rows(self, keep: np.ndarray) -> Targets:
+        """Only the cells and pairs whose prompt row is in `keep` (a boolean mask over rows)."""
+        c, p = keep[self.cell_row], keep[self.pair_row]
+        return replace(
+            self,
+            cell_row=self.cell_row[c], cell_model=self.cell_model[c], cell_bias=self.cell_bias[c],
+            cell_y=self.cell_y[c], cell_w=self.cell_w[c],
+            pair_row=self.pair_row[p], pair_bias=self.pair_bias[p], pair_y=self.pair_y[p], pair_w=self.pair_w[p],
+        )  # fmt: skip
+
+
+def build_targets(sets: dict[str, Sequence[RatedPrompt]], inputs: PromptInputs, pairs_mode: str = "all") -> Targets:
+    """Quality cells and oriented pair gaps of every set.
+
+    `pairs_mode`: "all" (every two models of a set, each pair the same weight), "gap" (pairs weighted by
+    their mean gap |Δz|: near-ties, whose orientation is noise, count little) or "natural" (only each
+    set's natural edge→cloud pair, where it has one).
+    """
+    from router_model.lab.ratings import NATURAL_PAIRS
+
+    models = sorted({m for items in sets.values() for it in items for m in it.scores})
+    midx = {m: i for i, m in enumerate(models)}
+    cells: list[tuple[int, int, int, float, float]] = []
+    pairs: list[tuple[int, int, float, float]] = []
+    cell_bias: dict[tuple, int] = {}
+    pair_bias: dict[tuple, int] = {}
+    for name, items in sorted(sets.items()):
+        if not items:
+            continue
+        stats = normalisation(items)
+        dims = list(stats)
+        z = [
+            {m: {d: (v[d] - stats[d][0]) / stats[d][1] for d in dims if d in v} for m, v in it.scores.items()}
+            for it in items
+        ]
+        # cells: each dataset weighs 1, split equally over its dimensions
+        n_per_dim = {d: sum(d in v for zi in z for v in zi.values()) for d in dims}
+        for it, zi in zip(items, z, strict=True):
+            r = inputs.row[it.key]
+            for m, v in zi.items():
+                for d, y in v.items():
+                    b = cell_bias.setdefault((name, d, m), len(cell_bias))
+                    cells.append((r, midx[m], b, y, 1.0 / (len(dims) * n_per_dim[d])))
+        # pairs: oriented by the dataset mean over the prompts both models share
+        ms = sorted({m for zi in z for m in zi})
+        oriented = []
+        for i, a in enumerate(ms):
+            for b in ms[i + 1 :]:
+                gaps = [
+                    (inputs.row[it.key], np.mean([zi[b][d] - zi[a][d] for d in dims if d in zi[a] and d in zi[b]]))
+                    for it, zi in zip(items, z, strict=True)
+                    if a in zi and b in zi and any(d in zi[a] and d in zi[b] for d in dims)
+                ]
+                if len(gaps) >= 2:
+                    sign = 1.0 if np.mean([g for _, g in gaps]) >= 0 else -1.0
+                    oriented.append(((name, a, b), [(r, sign * g) for r, g in gaps]))
+        if pairs_mode == "natural":
+            nat = NATURAL_PAIRS.get(name)
+            oriented = [o for o in oriented if nat is not None and {o[0][1], o[0][2]} == {nat.edge, nat.cloud}]
+        share = np.array([abs(np.mean([g for _, g in gaps])) if pairs_mode == "gap" else 1.0 for _, gaps in oriented])
+        share = share / share.sum() if len(share) and share.sum() > 0 else share
+        for (key, gaps), sh in zip(oriented, share, strict=True):
+            bi = pair_bias.setdefault(key, len(pair_bias))
+            for r, g in gaps:
+                pairs.append((r, bi, g, sh / len(gaps)))
+    c = np.array(cells, dtype=np.float64).reshape(-1, 5)
+    p = np.array(pairs, dtype=np.float64).reshape(-1, 4)
+    return Targets(
+        c[:, 0].astype(np.int64), c[:, 1].astype(np.int64), c[:, 2].astype(np.int64), c[:, 3], c[:, 4],
+        p[:, 0].astype(np.int64), p[:, 1].astype(np.int64), p[:, 2], p[:, 3],
+        models, len(cell_bias), len(pair_bias),
+    )  # fmt: skip
+
+
+def _val_mask(keys: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    h = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:4], "little") for k in keys])
+    return (h % 10_000) < fraction * 10_000
+
+
+def train_multi(
+    sets: dict[str, Sequence[RatedPrompt]],
+    inputs: PromptInputs,
+    config: MultiRouterConfig | None = None,
+    l2: float = 1e-3,
+    pair_weight: float = 1.0,
+    pairs_mode: str = "all",
+    lr: float = 1e-2,
+    max_epochs: int = 400,
+    patience: int = 40,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> tuple[MultiRouter, dict]:
+    """Full-batch Adam on the dataset-balanced quality and pair losses; returns the router and a summary."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    targets = build_targets(sets, inputs, pairs_mode)
+    used = np.zeros(len(inputs.tokens), dtype=bool)
+    used[targets.cell_row] = True
+    used[targets.pair_row] = True
+    rows = np.flatnonzero(used)
+    keys = [None] * len(inputs.tokens)
+    for k, r in inputs.row.items():
+        keys[r] = k
+    val = np.zeros(len(inputs.tokens), dtype=bool)
+    val[rows] = _val_mask([keys[r] for r in rows], val_fraction, seed)
+    train_t, val_t = targets.subset_rows(used & ~val), targets.subset_rows(val)
+
+    config = replace(config or MultiRouterConfig(), models=targets.models)
+    x_all = np.concatenate([inputs.features, inputs.pooled], 1) if config.use_embedding else inputs.features
+    x_tr = x_all[used & ~val]
+    config.x_mean = x_tr.mean(0).tolist()
+    config.x_std = np.maximum(x_tr.std(0), 1e-6).tolist()
+    log_tok = np.log1p(inputs.tokens[used & ~val])
+    config.log_tokens_mean, config.log_tokens_std = float(log_tok.mean()), float(max(log_tok.std(), 1e-6))
+    config.data = {name: len(items) for name, items in sets.items()}
+    model = MultiRouter(config)
+    cell_b = torch.nn.Parameter(torch.zeros(targets.n_cell_bias))
+    pair_b = torch.nn.Parameter(torch.zeros(targets.n_pair_bias))
+    x = torch.as_tensor(x_all, dtype=torch.float32)
+    opt = torch.optim.Adam([*model.parameters(), cell_b, pair_b], lr=lr)
+
+    def tens(t: Targets) -> dict[str, torch.Tensor]:
+        names = ("cell_row", "cell_model", "cell_bias", "cell_y", "cell_w", "pair_row", "pair_bias", "pair_y", "pair_w")
+        return {k: torch.as_tensor(getattr(t, k)) for k in names}
+
+    tr, va = tens(train_t), tens(val_t)
+
+    def loss_of(t: dict[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+        a = model.ability[t["cell_model"]] + model.difficulty
+        pred = cell_b[t["cell_bias"]] + (theta[t["cell_row"]] * a).sum(1)
+        cell = (t["cell_w"] * (pred.double() - t["cell_y"]) ** 2).sum() / t["cell_w"].sum().clamp_min(1e-12)
+        pp = pair_b[t["pair_bias"]] + theta[t["pair_row"]] @ model.generic
+        pair = (t["pair_w"] * (pp.double() - t["pair_y"]) ** 2).sum() / t["pair_w"].sum().clamp_min(1e-12)
+        return cell + pair_weight * pair
+
+    best, best_state, bad, epochs = float("inf"), None, 0, 0
+    for epochs in range(1, max_epochs + 1):  # noqa: B007 (reported after the loop)
+        model.train()
+        opt.zero_grad()
+        theta = model.theta(x)
+        reg = sum((w**2).sum() for n, w in model.tower.named_parameters() if n.endswith("weight"))
+        reg = reg + (model.ability**2).sum() + (model.generic**2).sum() + (model.difficulty**2).sum()
+        loss = loss_of(tr, theta) + l2 * reg
+        loss.backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            v = float(loss_of(va, model.theta(x))) if len(val_t.cell_y) or len(val_t.pair_y) else float(loss)
+        if v < best - 1e-6:
+            best, bad = v, 0
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        th = model.theta(x[torch.as_tensor(used & ~val)])
+        model.theta_cov.copy_(torch.cov(th.T) if len(th) > 1 else torch.eye(th.shape[1]))
+    summary = {"epochs": epochs, "val_loss": best, "seconds": time.perf_counter() - t0, "models": len(targets.models)}
+    return model, summary
+
+
+def train_on_sets(
+    sets: dict[str, Sequence[RatedPrompt]], design: str = "ridge", inputs: PromptInputs | None = None, **kw
+) -> MultiRouter:
+    """Encode every prompt of `sets` (features + pooled encoder states) and fit; the entry point for a checkpoint.
+
+    `design="ridge"` (the LODO winner, `fit_ridge`: kw alpha, pairs_mode, length_blend) or `"irt"`
+    (`train_multi`: kw config, l2, …).
+    """
+    if inputs is None:
+        inputs = PromptInputs.compute([it.prompt for items in sets.values() for it in items])
+    if design == "ridge":
+        return fit_ridge(sets, inputs, **kw)
+    if design == "irt":
+        return train_multi(sets, inputs, **kw)[0]
+    raise ValueError(f"design must be 'ridge' or 'irt', got {design!r}")
+
+
+def fit_ridge(
+    sets: dict[str, Sequence[RatedPrompt]],
+    inputs: PromptInputs,
+    alpha: float = 0.1,
+    pairs_mode: str = "all",
+    use_embedding: bool = True,
+    length_blend: float = 0.0,
+    targets: Targets | None = None,
+    feature_names: Sequence[str] = FEATURE_NAMES,
+) -> MultiRouter:
+    """The generic gap as a closed-form weighted ridge, packed into a `MultiRouter` (rank 1, no pair heads).
+
+    Regresses every training pair's oriented gap (dataset-balanced weights, one intercept per pair) on
+    the standardised inputs; `alpha` is in units of the standardised covariance.
+    """
+    t = targets if targets is not None else build_targets(sets, inputs, pairs_mode)
+    feats = inputs.features[:, [FEATURE_NAMES.index(n) for n in feature_names]]
+    x_all = np.concatenate([feats, inputs.pooled], 1) if use_embedding else feats
+    x = x_all[t.pair_row]
+    mu, sd = x.mean(0), np.maximum(x.std(0), 1e-6)
+    xs = (x - mu) / sd
+    w = t.pair_w / t.pair_w.sum()
+    onehot = np.zeros((len(xs), t.n_pair_bias))
+    onehot[np.arange(len(xs)), t.pair_bias] = 1.0
+    a = np.concatenate([xs, onehot], 1)
+    reg = np.r_[np.full(xs.shape[1], alpha), np.zeros(t.n_pair_bias)]
+    coef = np.linalg.solve(a.T @ (a * w[:, None]) + np.diag(reg) + 1e-9 * np.eye(a.shape[1]), a.T @ (w * t.pair_y))
+    rows = np.unique(np.r_[t.pair_row, t.cell_row])
+    log_tok = np.log1p(inputs.tokens[rows])
+    config = MultiRouterConfig(
+        models=[],
+        feature_names=list(feature_names),
+        use_embedding=use_embedding,
+        tower="linear",
+        rank=1,
+        length_blend=length_blend,
+        x_mean=mu.tolist(),
+        x_std=sd.tolist(),
+        log_tokens_mean=float(log_tok.mean()),
+        log_tokens_std=float(max(log_tok.std(), 1e-6)),
+        data={name: len(items) for name, items in sets.items()},
+        head=f"ridge(alpha={alpha:g}, pairs={pairs_mode})",
+    )
+    model = MultiRouter(config)
+    with torch.no_grad():
+        model.tower[0].weight.copy_(torch.as_tensor(coef[: xs.shape[1]], dtype=torch.float32)[None, :])
+        model.tower[0].bias.zero_()
+        model.generic.fill_(1.0)
+        th = model.theta(torch.as_tensor(x_all[rows], dtype=torch.float32))
+        model.theta_cov.fill_(float(th.var()) if len(th) > 1 else 1.0)
+    return model.eval()

@@ -1,0 +1,171 @@
+"""A router over many models: prompt features + sentence embedding → per-model quality, any pair's gap.
+
+IRT-style (cf. IRT-Router, ZOOTER): a text tower maps a prompt's inputs x (cheap features of
+`router_model.features` and the frozen encoder's mean-pooled embedding, both standardised with
+training statistics) to θ(p) ∈ R^r; each known model m has an ability vector a_m, and
+
+    quality(p, m, d) ≈ b_{dataset,d,m} + <θ(p), δ + a_m>          (δ: shared prompt difficulty)
+
+so the cloud advantage of a known pair is <θ(p), a_cloud − a_edge> (the biases cancel within a prompt).
+For a model it does not know, a generic gap head g, trained on every training pair oriented better −
+worse, gives <θ(p), g>. Optionally (`length_blend` > 0) the score adds the z-scored log token count:
+the prompt-length heuristic that wins on unseen prompts, with the learned part on the same scale.
+
+A checkpoint is `config.json` + `model.safetensors` (the tower, a_m, δ, g, θ covariance); the encoder
+is referenced by name. Runtime code only: training lives in `router_model.lab.train_multi`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from router_model.encoder import DEFAULT_ENCODER
+from router_model.features import FEATURE_NAMES, prompt_features
+from router_model.model_ids import canonical_id
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class MultiRouterConfig:
+    models: list[str] = field(default_factory=list)  # canonical ids with an ability vector
+    feature_names: list[str] = field(default_factory=lambda: list(FEATURE_NAMES))
+    use_embedding: bool = True
+    encoder: str = DEFAULT_ENCODER
+    embed_dim: int = 384
+    tower: str = "linear"  # "linear" or "mlp"
+    rank: int = 16
+    hidden: int = 64
+    length_blend: float = 0.0  # weight of z(log tokens) added to the z-scored learned score
+    x_mean: list[float] = field(default_factory=list)  # standardisation of the tower's input
+    x_std: list[float] = field(default_factory=list)
+    log_tokens_mean: float = 0.0
+    log_tokens_std: float = 1.0
+    data: dict = field(default_factory=dict)  # what it was trained on (model card material)
+    head: str = "irt"  # how the weights were fitted ("irt", or "ridge(...)": generic head only)
+
+    @property
+    def input_dim(self) -> int:
+        return len(self.feature_names) + (self.embed_dim if self.use_embedding else 0)
+
+
+@dataclass
+class MultiScores:
+    advantage: np.ndarray  # higher → send to the cloud first
+    head: str  # "pair" (both models known) or "generic" (edge-vs-cloud gap)
+    edge_id: str
+    cloud_id: str
+
+
+class MultiRouter(nn.Module):
+    def __init__(self, config: MultiRouterConfig):
+        super().__init__()
+        self.config = config
+        r, d_in = config.rank, config.input_dim
+        if config.tower == "mlp":
+            self.tower = nn.Sequential(
+                nn.Linear(d_in, config.hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(config.hidden, r)
+            )
+        elif config.tower == "linear":
+            self.tower = nn.Sequential(nn.Linear(d_in, r))
+        else:
+            raise ValueError(f"tower must be 'linear' or 'mlp', got {config.tower!r}")
+        self.ability = nn.Parameter(torch.zeros(len(config.models), r))
+        self.difficulty = nn.Parameter(torch.zeros(r))
+        self.generic = nn.Parameter(torch.zeros(r))
+        self.register_buffer("x_mean", torch.tensor(config.x_mean or [0.0] * d_in, dtype=torch.float32))
+        self.register_buffer("x_std", torch.tensor(config.x_std or [1.0] * d_in, dtype=torch.float32))
+        self.register_buffer("theta_cov", torch.eye(r))
+        self._index = {m: i for i, m in enumerate(config.models)}
+        self._encoder = None
+
+    # ------------------------------------------------------------ inputs
+
+    def inputs(self, features: np.ndarray, pooled: np.ndarray | None) -> torch.Tensor:
+        """Tower input; `features` has the config's columns, or all of FEATURE_NAMES (then they are selected)."""
+        names = self.config.feature_names
+        if features.shape[1] == len(FEATURE_NAMES) and len(names) != len(FEATURE_NAMES):
+            features = features[:, [FEATURE_NAMES.index(n) for n in names]]
+        parts = [torch.as_tensor(features, dtype=torch.float32)]
+        if self.config.use_embedding:
+            if pooled is None:
+                raise ValueError("this router needs the encoder's mean-pooled embedding")
+            parts.append(torch.as_tensor(pooled, dtype=torch.float32))
+        return torch.cat(parts, dim=1)
+
+    def theta(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tower((x - self.x_mean) / self.x_std)
+
+    def knows(self, model_id: str) -> bool:
+        return model_id in self._index
+
+    def direction(self, edge_id: str, cloud_id: str) -> tuple[torch.Tensor, str]:
+        if self.knows(edge_id) and self.knows(cloud_id) and edge_id != cloud_id:
+            return self.ability[self._index[cloud_id]] - self.ability[self._index[edge_id]], "pair"
+        return self.generic, "generic"
+
+    @torch.no_grad()
+    def advantage_from_inputs(
+        self, features: np.ndarray, pooled: np.ndarray | None, tokens: np.ndarray, edge_id: str, cloud_id: str
+    ) -> MultiScores:
+        """Cloud advantage from precomputed inputs (research code passes cached ones)."""
+        self.eval()
+        edge_id, cloud_id = canonical_id(edge_id), canonical_id(cloud_id)
+        v, head = self.direction(edge_id, cloud_id)
+        score = (self.theta(self.inputs(features, pooled)) @ v).double().numpy()
+        if self.config.length_blend:
+            sd = float(torch.sqrt(v @ self.theta_cov @ v).clamp_min(1e-8))
+            z_len = (np.log1p(np.asarray(tokens, dtype=np.float64)) - self.config.log_tokens_mean) / max(
+                self.config.log_tokens_std, 1e-8
+            )
+            score = score / sd + self.config.length_blend * z_len
+        return MultiScores(score, head, edge_id, cloud_id)
+
+    # ------------------------------------------------------------ serving
+
+    def encoder(self):
+        if self._encoder is None:
+            from router_model.encoder import TextEncoder
+
+            self._encoder = TextEncoder(self.config.encoder, device="cpu")
+        return self._encoder
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], edge_id: str, cloud_id: str) -> MultiScores:
+        """Predicted cloud advantage of each prompt for the pair, and which head scored it."""
+        prompts = list(prompts)
+        st = self.encoder().encode(prompts)
+        pooled = st.mean_pooled().numpy() if self.config.use_embedding else None
+        tokens = st.mask.sum(1).numpy()
+        feats = prompt_features(prompts, names=self.config.feature_names)
+        return self.advantage_from_inputs(feats, pooled, tokens, edge_id, cloud_id)
+
+    # ------------------------------------------------------------ checkpoint
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps({"kind": "multi", **asdict(self.config)}, indent=2))
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_NAME))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MultiRouter:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        raw = json.loads((directory / CONFIG_NAME).read_text())
+        raw.pop("kind", None)
+        model = cls(MultiRouterConfig(**raw))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        return model.eval()
