@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from router_model.evaluate import curve_auc, delta_p_curve, prompt_tiebreak, rho_grid
 from router_model.features import FEATURE_NAMES
+from router_model.lab.delta_p import curve_auc, delta_p_curve, rho_grid
+from router_model.lab.evaluate import prompt_tiebreak
 from router_model.lab.ratings import NATURAL_PAIRS, Pair, RatedPrompt, load_shared, prompt_key, to_pair_examples
 from router_model.lab.train_multi import PromptInputs, build_targets, fit_ridge, train_multi
 from router_model.multi_router import MultiRouterConfig

@@ -210,7 +210,7 @@ def normalisation(items: Sequence[RatedPrompt]) -> dict[str, tuple[float, float]
 
 def to_pair_examples(items: Sequence[RatedPrompt], pair: Pair):
     """RoutingExamples (today's pair schema) for the prompts rated on both models of `pair` on every dimension."""
-    from router_model.data import RoutingExample  # lab/data.py after the move; lazily to keep this importable
+    from router_model.lab.data import RoutingExample
 
     out = []
     for it in items:
