@@ -25,11 +25,25 @@ def _fmt(values: list[float]) -> str:
 def cmd_dataset_import(args: argparse.Namespace) -> int:
     from router_model.lab.data import IMPORTERS, check_consistent, label_with_prs, write_dataset
 
+    if args.multi:
+        from router_model.lab.rated_files import read_rated
+        from router_model.lab.ratings import write_jsonl
+
+        if args.edge or args.cloud:
+            raise ValueError("--multi keeps every model: drop --edge/--cloud")
+        items = read_rated(args.input, args.source)
+        write_jsonl(args.out, items)
+        models = sorted({m for it in items for m in it.scores})
+        print(f"wrote {len(items)} rated prompts ({len(models)} models: {', '.join(models)}) to {args.out}")
+        return 0
+    if not (args.edge and args.cloud):
+        raise ValueError("name the pair with --edge and --cloud (or keep every model with --multi)")
     examples = IMPORTERS[args.source](args.input, args.edge, args.cloud)
     check_consistent(examples, args.input)
     stats = label_with_prs(examples, gamma=args.gamma)
     write_dataset(args.out, examples, stats)
-    print(f"wrote {len(examples)} examples ({args.edge} → {args.cloud}, metrics {examples[0].metrics}) to {args.out}")
+    pair = f"{examples[0].edge_model} → {examples[0].cloud_model}"
+    print(f"wrote {len(examples)} examples ({pair}, metrics {examples[0].metrics}) to {args.out}")
     return 0
 
 
@@ -84,7 +98,7 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
     dims = [k for k in next(iter(means.values())) if k != "n"]
     print(f"{args.path} ({source}): mean rating per model")
     rows = [[model, row["n"], *(f"{row[d]:.3f}" for d in dims)] for model, row in means.items()]
-    print(table(["model", "images", *dims], rows))
+    print(table(["model", "prompts" if source in ("ratings", "rated") else "images", *dims], rows))
     return 0
 
 
@@ -249,10 +263,13 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     dsub = dataset.add_subparsers(dest="dataset_command", required=True)
 
     p = dsub.add_parser("import", help="import public human ratings or your own JSONL as a routing dataset")
-    p.add_argument("--source", required=True, choices=["genai-bench", "agiqa3k", "jsonl"])
+    p.add_argument("--source", required=True, choices=["genai-bench", "agiqa3k", "ratings", "jsonl"],
+                   help="ratings: the long format prompt_id,prompt,model,dimension,score,rater,image (.csv, .csv.gz)")
     p.add_argument("--input", required=True, help="ratings file (genai_bench_ratings.json, agiqa3k_mos.csv, ...)")
-    p.add_argument("--edge", required=True, help="edge model id as named in the file (e.g. SDXL_2_1)")
-    p.add_argument("--cloud", required=True, help="cloud model id as named in the file (e.g. DALLE_3)")
+    p.add_argument("--edge", help="edge model as named in the file (e.g. SDXL_2_1) or its canonical id (sd-2.1)")
+    p.add_argument("--cloud", help="cloud model as named in the file (e.g. DALLE_3) or its canonical id (dall-e-3)")
+    p.add_argument("--multi", action="store_true",
+                   help="write every model's ratings per prompt (RatedPrompt JSONL) instead of one pair")
     p.add_argument("--out", required=True, help="output routing dataset (.jsonl); PRS statistics go beside it")
     p.add_argument("--gamma", type=float, default=1.0, help="PRS temperature Γ")
     p.set_defaults(func=cmd_dataset_import)
