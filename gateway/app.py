@@ -89,20 +89,15 @@ def app_from_env() -> FastAPI:
 def load_router(settings: Settings) -> PromptScorer:
     """The checkpoint at `router_path`: the paper's pair router, or a many-model router (`kind: multi`) fixed to
     the settings' edge and cloud model ids."""
-    from router_model.multi_router import MultiRouter, checkpoint_kind
+    from router_model.scorers import load_scorer
 
-    if checkpoint_kind(settings.router_path) == "multi":
-        device = "cpu" if settings.router_device == "auto" else settings.router_device
-        dtype = settings.router_encoder_dtype
-        multi = MultiRouter.from_pretrained(settings.router_path, device=device, encoder_dtype=dtype)
-        scorer = multi.for_pair(settings.edge_model_id, settings.cloud_model_id)
+    scorer = load_scorer(
+        settings.router_path, edge_id=settings.edge_model_id, cloud_id=settings.cloud_model_id,
+        device=settings.router_device, encoder_dtype=settings.router_encoder_dtype,
+    )  # fmt: skip
+    if hasattr(scorer, "head"):
         log.info("many-model router: %s → %s scored by the %s head", scorer.edge_id, scorer.cloud_id, scorer.head)
-        return scorer
-    from router_model.model import RouteT2IRouter
-
-    return RouteT2IRouter.from_pretrained(
-        settings.router_path, device=settings.router_device, encoder_dtype=settings.router_encoder_dtype
-    )
+    return scorer
 
 
 def create_app(

@@ -37,6 +37,10 @@ CANONICAL: dict[str, tuple[tuple[str, ...], int]] = {
     "dreamshaper": (("Dream",), 2023),
 }
 
+# The gateway's pair by default: SD 2.1 on the edge, SD 3.5 Large in the cloud (the paper's setting).
+DEFAULT_EDGE_ID = "sd-2.1"
+DEFAULT_CLOUD_ID = "sd-3.5-large"
+
 # Variants that share a base model's name but are not that model's normal output stay dataset-scoped
 # (AGIQA-3K's `sd1.5_lowstep`, `midjourney_lowstep`, …): they are simply not aliases.
 

@@ -184,6 +184,21 @@ def test_evaluate_router_accepts_a_multi_checkpoint(data_dir, tmp_path, capsys):
         assert f"scored by the {head} head" in capsys.readouterr().out
 
 
+def test_score_and_calibrate_take_a_multi_checkpoint(tmp_path, capsys):
+    prompts = ["a cat", "three red apples to the left of a glass vase"]
+    assert main(["score", "--router", str(SHIPPED), "--edge-id", "SDXL_2_1", *prompts]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    direct = MultiRouter.from_pretrained(SHIPPED).score(prompts, "sd-2.1", "sd-3.5-large").advantage
+    assert [r["head"] for r in rows] == ["generic", "generic"] and all(r["per_metric"] == {} for r in rows)
+    np.testing.assert_allclose([r["advantage"] for r in rows], direct, rtol=1e-5)
+    np.testing.assert_allclose([r["prs"] for r in rows], 1 / (1 + np.exp(direct)), rtol=1e-5)
+    colours = ["red", "blue", "tall", "small"]
+    (tmp_path / "p.txt").write_text("\n".join(f"a photo of {i} apples and a {colours[i % 4]} cup" for i in range(40)))
+    assert main(["calibrate", "--router", str(SHIPPED), "--prompts", str(tmp_path / "p.txt"), "--rho", "0.25"]) == 0
+    calibration = json.loads(capsys.readouterr().out)
+    assert calibration["n_prompts"] == 40 and calibration["alpha"] <= 0.5 and calibration["cloud_fraction"] <= 0.25
+
+
 def _pair_checkpoint(directory: Path) -> Path:
     """A tiny IRT multi checkpoint that knows sd-2.1 and dall-e-3 (so it has a pair head), no embedding input."""
     from router_model.lab.ratings import RatedPrompt

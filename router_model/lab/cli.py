@@ -182,17 +182,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from router_model.lab.data import read_prompts
-    from router_model.model import RouteT2IRouter
+    from router_model.scorers import load_scorer
 
     prompts = list(args.prompt) + (read_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise ValueError("give prompts as arguments or with --prompts FILE")
-    scores = RouteT2IRouter.from_pretrained(args.router, device=args.device).score(prompts)
+    scorer = load_scorer(args.router, edge_id=args.edge_id, cloud_id=args.cloud_id, device=args.device)
+    scores = scorer.score(prompts)
     for i, prompt in enumerate(prompts):
         row = {
             "prs": float(scores.prs[i]),
             "per_metric": dict(zip(scores.metrics, map(float, scores.per_metric[i]), strict=True)),
         }
+        if hasattr(scores, "head"):  # a many-model checkpoint: which head scored the pair, and the raw advantage
+            row |= {"head": scores.head, "advantage": float(scores.advantage[i])}
         if args.show_prompts:
             row["prompt"] = prompt
         print(json.dumps(row))
@@ -302,7 +305,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from router_model.lab.calibrate import calibrate_checkpoint
 
-    result = calibrate_checkpoint(args.router, args.prompts, args.rho)
+    result = calibrate_checkpoint(args.router, args.prompts, args.rho, edge_id=args.edge_id, cloud_id=args.cloud_id)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -411,6 +414,7 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--router", default=str(DEFAULT_ROUTER))
     p.add_argument("--prompts", required=True, help="prompt file (text, COCO/Parti TSV, DiffusionDB JSON)")
     p.add_argument("--rho", type=float, required=True)
+    _pair_ids(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("score", help="score prompts with a router checkpoint (PRS and per-metric predictions)")
@@ -419,4 +423,12 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--router", default=str(DEFAULT_ROUTER))
     p.add_argument("--device", default="auto")
     p.add_argument("--show-prompts", action="store_true", help="echo prompts in the output")
+    _pair_ids(p)
     p.set_defaults(func=cmd_score)
+
+
+def _pair_ids(p: argparse.ArgumentParser) -> None:
+    from router_model.model_ids import DEFAULT_CLOUD_ID, DEFAULT_EDGE_ID
+
+    p.add_argument("--edge-id", default=DEFAULT_EDGE_ID, help="edge model id a many-model checkpoint scores")
+    p.add_argument("--cloud-id", default=DEFAULT_CLOUD_ID, help="cloud model id a many-model checkpoint scores")
