@@ -87,11 +87,17 @@ def app_from_env() -> FastAPI:
 
 
 def load_router(settings: Settings) -> PromptScorer:
-    from router_model.model import RouteT2IRouter
+    """The checkpoint at `router_path`: the paper's pair router, or a many-model router (`kind: multi`) fixed to
+    the settings' edge and cloud model ids."""
+    from router_model.scorers import load_scorer
 
-    return RouteT2IRouter.from_pretrained(
-        settings.router_path, device=settings.router_device, encoder_dtype=settings.router_encoder_dtype
-    )
+    scorer = load_scorer(
+        settings.router_path, edge_id=settings.edge_model_id, cloud_id=settings.cloud_model_id,
+        device=settings.router_device, encoder_dtype=settings.router_encoder_dtype,
+    )  # fmt: skip
+    if hasattr(scorer, "head"):
+        log.info("many-model router: %s → %s scored by the %s head", scorer.edge_id, scorer.cloud_id, scorer.head)
+    return scorer
 
 
 def create_app(

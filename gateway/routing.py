@@ -29,6 +29,7 @@ class PromptScore:
     per_metric: dict[str, float]
     latency_s: float  # the router call this prompt shared
     batch_size: int
+    head: str = "paper"  # which head scored it: "paper" (pair router), or a many-model router's "pair"/"generic"
 
 
 class ScoringService:
@@ -95,6 +96,7 @@ class ScoringService:
             prs = np.asarray(scores.prs, dtype=float)
             per_metric = np.asarray(scores.per_metric, dtype=float)
             names = list(scores.metrics)
+            head = getattr(scores, "head", "paper")
             for i, (_, future) in enumerate(live):
                 if not future.done():
                     future.set_result(
@@ -103,5 +105,6 @@ class ScoringService:
                             per_metric={m: float(v) for m, v in zip(names, per_metric[i], strict=True)},
                             latency_s=latency,
                             batch_size=len(live),
+                            head=head,
                         )
                     )

@@ -136,6 +136,10 @@ class ScoreRequest(_Strict):
 class ScoreResponse(BaseModel):
     prs: float
     per_metric: dict[str, float]
+    head: Literal["paper", "pair", "generic"] = Field(
+        description="What scored the prompt: the paper's pair router, or a many-model router's pair head or "
+        "generic edge-vs-cloud gap."
+    )
     backend: Backend
     reason: Reason
     alpha: float

@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from gateway.keys.model import ApiKey
 from router_model import DEFAULT_ROUTER
+from router_model.model_ids import DEFAULT_CLOUD_ID, DEFAULT_EDGE_ID
 
 
 class Settings(BaseSettings):
@@ -29,6 +30,12 @@ class Settings(BaseSettings):
     # router
     router_path: str = Field(str(DEFAULT_ROUTER), description="Router checkpoint directory.")
     router_device: str = "auto"
+    edge_model_id: str = Field(
+        DEFAULT_EDGE_ID,
+        description="Canonical id of the edge model (router_model/model_ids.py); a many-model router scores the pair "
+        "(edge_model_id, cloud_model_id).",
+    )
+    cloud_model_id: str = Field(DEFAULT_CLOUD_ID, description="Canonical id of the cloud model (see edge_model_id).")
     router_encoder_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="bfloat16: faster encoder on CPUs with bf16 (see docs/BENCHMARKS.md)."
     )

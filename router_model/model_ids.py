@@ -19,6 +19,9 @@ CANONICAL: dict[str, tuple[tuple[str, ...], int]] = {
     "sdxl": (("SDXL", "SDXL_Base", "xl2.2_normal", "sdxl-base", "stable-diffusion-xl-base-1.0"), 2023),
     "sdxl-turbo": (("SDXL_Turbo", "SDXL-Turbo", "sdxl_turbo"), 2023),
     "sd-turbo": (("SD-Turbo", "SD_Turbo", "sd_turbo"), 2023),
+    "sd-3.5-large": (("SD3.5-Large", "sd3.5-large", "sd3.5_large", "stable-diffusion-3.5-large"), 2024),
+    "sd-3.5-large-turbo": (("SD3.5-Large-Turbo", "sd3.5-large-turbo", "stable-diffusion-3.5-large-turbo"), 2024),
+    "sd-3.5-medium": (("SD3.5-Medium", "sd3.5-medium", "stable-diffusion-3.5-medium"), 2024),
     "dall-e-2": (("DALLE2", "DALLE", "DALLE2_normal", "DALL-E 2", "dalle2"), 2022),
     "dall-e-3": (("DALLE_3", "DALLE3", "DALL-E 3", "dalle3"), 2023),
     "midjourney": (("MJ", "Midjourney_6", "midjourney_normal", "Midjourney"), 2022),
@@ -33,6 +36,10 @@ CANONICAL: dict[str, tuple[tuple[str, ...], int]] = {
     "lcm-pixart": (("LCM_Pixart",), 2023),
     "dreamshaper": (("Dream",), 2023),
 }
+
+# The gateway's pair by default: SD 2.1 on the edge, SD 3.5 Large in the cloud (the paper's setting).
+DEFAULT_EDGE_ID = "sd-2.1"
+DEFAULT_CLOUD_ID = "sd-3.5-large"
 
 # Variants that share a base model's name but are not that model's normal output stay dataset-scoped
 # (AGIQA-3K's `sd1.5_lowstep`, `midjourney_lowstep`, …): they are simply not aliases.

@@ -34,6 +34,14 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def checkpoint_kind(directory: str | Path) -> str:
+    """"multi" for a `MultiRouter` checkpoint, "paper" for the paper's single-pair router (no `kind`)."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"router checkpoint {directory}: no {CONFIG_NAME}")
+    return "multi" if json.loads(path.read_text()).get("kind") == "multi" else "paper"
+
+
 @dataclass
 class MultiRouterConfig:
     models: list[str] = field(default_factory=list)  # canonical ids with an ability vector
@@ -86,6 +94,7 @@ class MultiRouter(nn.Module):
         self.register_buffer("theta_cov", torch.eye(r))
         self._index = {m: i for i, m in enumerate(config.models)}
         self._encoder = None
+        self.encoder_device, self.encoder_dtype = "cpu", "float32"
 
     # ------------------------------------------------------------ inputs
 
@@ -135,7 +144,7 @@ class MultiRouter(nn.Module):
         if self._encoder is None:
             from router_model.encoder import TextEncoder
 
-            self._encoder = TextEncoder(self.config.encoder, device="cpu")
+            self._encoder = TextEncoder(self.config.encoder, device=self.encoder_device, dtype=self.encoder_dtype)
         return self._encoder
 
     @torch.no_grad()
@@ -160,12 +169,48 @@ class MultiRouter(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> MultiRouter:
+    def from_pretrained(
+        cls, directory: str | Path, device: str = "cpu", encoder_dtype: str = "float32"
+    ) -> MultiRouter:
+        """Load a checkpoint; the encoder (on `device`, in `encoder_dtype`) loads lazily on the first `score`."""
         from safetensors.torch import load_file
 
         directory = Path(directory)
         raw = json.loads((directory / CONFIG_NAME).read_text())
-        raw.pop("kind", None)
+        if raw.pop("kind", None) != "multi":
+            raise ValueError(f"{directory}: not a many-model router checkpoint (config.json lacks kind: multi)")
         model = cls(MultiRouterConfig(**raw))
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        model.encoder_device, model.encoder_dtype = device, encoder_dtype
         return model.eval()
+
+    def for_pair(self, edge_id: str, cloud_id: str) -> PairScorer:
+        return PairScorer(self, edge_id, cloud_id)
+
+
+@dataclass
+class PairScores:
+    """What the gateway reads of a router call (the shape of `RouteT2IRouter`'s scores, plus the head)."""
+
+    prs: np.ndarray  # PRŜ = σ(−advantage): < 0.5 leans to the cloud, monotone in the advantage
+    per_metric: np.ndarray  # [B, 0]: a many-model router predicts no per-metric PRS
+    metrics: list[str]
+    head: str
+    advantage: np.ndarray
+
+
+class PairScorer:
+    """A `MultiRouter` fixed to one (edge, cloud) pair, scoring like the paper's router: `score(prompts)` → PRŜ.
+
+    PRŜ = σ(−advantage) is monotone in the advantage, so the gateway's live α quantile works unchanged."""
+
+    def __init__(self, router: MultiRouter, edge_id: str, cloud_id: str):
+        self.router = router
+        self.edge_id, self.cloud_id = canonical_id(edge_id), canonical_id(cloud_id)
+        self.head = router.direction(self.edge_id, self.cloud_id)[1]
+
+    def score(self, prompts: Sequence[str]) -> PairScores:
+        out = self.router.score(prompts, self.edge_id, self.cloud_id)
+        adv = np.asarray(out.advantage, dtype=np.float64)
+        prs = 1.0 / (1.0 + np.exp(np.clip(adv, -50.0, 50.0)))
+        return PairScores(prs, np.zeros((len(adv), 0)), [], out.head, adv)

@@ -38,7 +38,8 @@ def test_registered_between_the_heuristics_and_the_oracle():
     order = BASELINES
     assert order.index("prompt_length") < min(order.index(n) for n in EXTRA) < order.index("oracle")
     assert set(TRAINING_FREE) <= set(BASELINES)
-    assert _model_key("DALLE_3") == "dalle_3"
+    assert _model_key("DALLE_3") == _model_key("dalle3") == "dall-e-3"  # one id across sets
+    assert _model_key("Some_New_Model") == "some_new_model"
 
 
 @pytest.mark.parametrize("name", list(EXTRA))

@@ -252,6 +252,7 @@ def test_route_scores_without_generating_or_counting(http, gateway, worker):
     body = response.json()
     assert 0 < body["prs"] < 1
     assert set(body["per_metric"]) == {"alignment"} and all(0 < v < 1 for v in body["per_metric"].values())
+    assert body["head"] == "paper"  # the paper's pair router scored it (a many-model router says pair / generic)
     assert body["reason"] in ("model", "budget")  # the caps apply to the preview too
     wants_cloud = body["prs"] < body["alpha"] and body["reason"] == "model"
     assert body["backend"] == ("cloud" if wants_cloud else "edge")

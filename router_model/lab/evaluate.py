@@ -263,6 +263,13 @@ def evaluate(
         if name == "checkpoint":  # never trained: one instance (and one encoder load) serves every fold
             if router_dir is None:
                 raise ValueError('method "checkpoint" needs router_dir (a router checkpoint directory)')
+            from router_model.multi_router import checkpoint_kind
+
+            if checkpoint_kind(router_dir) == "multi":
+                from router_model.lab.multi_method import MultiCheckpointMethod
+
+                multi = MultiCheckpointMethod(router_dir)
+                return lambda: multi
             wrapped = RouteT2IMethod(checkpoint=router_dir, name="checkpoint")
             return lambda: wrapped
         if name.startswith("routet2i"):

@@ -14,18 +14,28 @@ from router_model.lab.noun_buckets import outcome
 
 
 def detect_source(path: str | Path) -> str:
-    """'genai-bench', 'agiqa3k' or 'jsonl' from a file's name and first bytes."""
+    """'genai-bench', 'agiqa3k', 'ratings' (long CSV, .csv.gz too), 'rated' (RatedPrompt JSONL) or 'jsonl'
+    from a file's name and first bytes."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
+    if path.name.endswith(".csv.gz"):
+        return "ratings"
     head = path.open(encoding="utf-8").read(4096).lstrip()
     if path.suffix == ".csv" and head.startswith("name,prompt"):
         return "agiqa3k"
+    if path.suffix == ".csv" and {"prompt", "model", "dimension", "score"} <= set(head.splitlines()[0].split(",")):
+        return "ratings"
     if path.suffix == ".json" and head.startswith("{") and '"models"' in path.read_text(encoding="utf-8")[:20000]:
         return "genai-bench"
     if path.suffix == ".jsonl":
-        return "jsonl"
-    raise DatasetError(f"{path}: not a GenAI-Bench ratings JSON, an AGIQA-3K CSV or a routing-dataset .jsonl")
+        from router_model.lab.rated_files import is_rated_jsonl
+
+        return "rated" if is_rated_jsonl(path) else "jsonl"
+    raise DatasetError(
+        f"{path}: not a GenAI-Bench ratings JSON, an AGIQA-3K CSV, a long-format ratings CSV "
+        "(prompt_id,prompt,model,dimension,score,rater,image) or a .jsonl dataset"
+    )
 
 
 def source_model_means(path: str | Path, source: str) -> dict[str, dict[str, float]]:
@@ -42,6 +52,10 @@ def source_model_means(path: str | Path, source: str) -> dict[str, dict[str, flo
                 model = row["name"].rsplit(".", 1)[0].rpartition("_")[0]
                 for dim, (mos, _) in AGIQA_DIMS.items():
                     sums.setdefault(model, {}).setdefault(dim, []).append(float(row[mos]))
+    elif source in ("ratings", "rated"):
+        from router_model.lab.rated_files import model_means, read_rated
+
+        return model_means(read_rated(path, source))
     else:
         raise ValueError(f"no raw model means for source {source!r}")
     return {

@@ -122,6 +122,6 @@ async def route(body: ScoreRequest, gw: GatewayDep, client: ClientDep) -> ScoreR
     """Score a prompt and say where it would go now (the budget's caps included); generates and counts nothing."""
     score, decision = await gw.preview(body.prompt, private=body.private)
     return ScoreResponse(
-        prs=score.prs, per_metric=score.per_metric, backend=decision.backend, reason=decision.reason,
+        prs=score.prs, per_metric=score.per_metric, head=score.head, backend=decision.backend, reason=decision.reason,
         alpha=decision.alpha, rho=decision.rho,
     )  # fmt: skip
