@@ -39,7 +39,11 @@ class ImageCache:
         """The entry under `key`, or None (a miss; also when the store fails or holds something unreadable)."""
         entry = None
         try:
-            entry = self.local.get(key) if private or self.shared is None else await self.shared.get(key)
+            if private or self.shared is None:
+                entry = self.local.get(key)
+                self._gauge()  # an expired entry may just have gone
+            else:
+                entry = await self.shared.get(key)
         except STORE_ERRORS as exc:
             log.warning("cache: lookup failed (%s); treated as a miss", type(exc).__name__)
         self._count("hit" if entry is not None else "miss")
@@ -49,12 +53,15 @@ class ImageCache:
         try:
             if private or self.shared is None:
                 self.local.set(key, entry)
-                if self.metrics is not None:
-                    self.metrics.cache_bytes.set(self.local.bytes)
+                self._gauge()
             else:
                 await self.shared.set(key, entry)
         except STORE_ERRORS as exc:
             log.warning("cache: store failed (%s); not cached", type(exc).__name__)
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.cache_bytes.set(self.local.bytes)
 
     def bypass(self) -> None:
         """A request the cache did not take part in (no seed, or `"cache": false`)."""
