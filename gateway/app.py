@@ -21,6 +21,7 @@ from gateway.api.routes.console import STATIC_DIR
 from gateway.api.routes.jobs import job_executor
 from gateway.api.routes.ops import sample_gauges
 from gateway.budget import BudgetController, BudgetStore, FailoverBudgetStore, InMemoryBudgetStore, RedisBudgetStore
+from gateway.cache import build_cache
 from gateway.guard import RequestGuard
 from gateway.headers import SecurityHeaders
 from gateway.idempotency import build_idempotency
@@ -36,7 +37,6 @@ log = logging.getLogger("routet2i.gateway")
 
 def build_backends(settings: Settings) -> tuple[ImageBackend, ImageBackend | None]:
     """The edge pipeline and the cloud client the settings name (nothing is loaded yet)."""
-    from backends.cloud import StabilityCloudBackend, WorkerCloudBackend
     from backends.edge import EdgeBackend
 
     if not settings.edge_model:
@@ -46,21 +46,44 @@ def build_backends(settings: Settings) -> tuple[ImageBackend, ImageBackend | Non
         max_batch=settings.edge_max_batch, batch_window_ms=settings.edge_batch_window_ms,
         default_steps=settings.edge_default_steps, lazy=True,
     )  # fmt: skip
+    return edge, build_cloud(settings)
+
+
+def build_cloud(settings: Settings) -> ImageBackend | None:
+    """The cloud client `cloud_kind` names (None for `none`)."""
+    from backends.cloud import OpenAICloudBackend, StabilityCloudBackend, WorkerCloudBackend
+
     options = {"timeout": settings.cloud_timeout_s, "max_retries": settings.cloud_retries}
-    cloud: ImageBackend | None = None
     if settings.cloud_kind == "worker":
         if not settings.cloud_url:
             raise ValueError("cloud_kind=worker needs ROUTET2I_CLOUD_URL (or set ROUTET2I_CLOUD_KIND=none)")
         token = settings.cloud_token.get_secret_value() if settings.cloud_token else None
-        cloud = WorkerCloudBackend(settings.cloud_url, token=token, **options)
-    elif settings.cloud_kind == "stability":
+        return WorkerCloudBackend(settings.cloud_url, token=token, **options)
+    if settings.cloud_kind == "stability":
         if not settings.stability_api_key:
             raise ValueError("cloud_kind=stability needs ROUTET2I_STABILITY_API_KEY")
-        cloud = StabilityCloudBackend(
+        return StabilityCloudBackend(
             settings.stability_api_key.get_secret_value(), model=settings.stability_model,
             base_url=settings.stability_base_url, **options,
         )  # fmt: skip
-    return edge, cloud
+    if settings.cloud_kind == "openai":
+        if not settings.openai_api_key:
+            raise ValueError("cloud_kind=openai needs ROUTET2I_OPENAI_API_KEY")
+        return OpenAICloudBackend(
+            settings.openai_api_key.get_secret_value(), model=settings.openai_model,
+            base_url=settings.openai_base_url, **options,
+        )  # fmt: skip
+    return None
+
+
+def arm_ids(settings: Settings) -> dict[str, str]:
+    """What each backend is, in the exact cache's keys: a changed model or provider never serves another's images."""
+    cloud = {
+        "worker": f"worker:{settings.cloud_url}",
+        "stability": f"stability:{settings.stability_base_url}:{settings.stability_model}",
+        "openai": f"openai:{settings.openai_base_url}:{settings.openai_model}",
+    }.get(settings.cloud_kind, "cloud")
+    return {"edge": f"edge:{settings.edge_model or ''}", "cloud": cloud}
 
 
 def build_budget(settings: Settings) -> BudgetController:
@@ -111,6 +134,7 @@ def create_app(
     settings = settings or Settings()
     metrics = GatewayMetrics()
     budget = build_budget(settings)
+    cache = build_cache(settings, metrics)
     if edge is None:
         edge, built_cloud = build_backends(settings)
         cloud = cloud if cloud is not None else built_cloud
@@ -125,7 +149,7 @@ def create_app(
         app.state.gateway = Gateway(
             scoring=scoring, budget=budget, metrics=metrics, edge=edge, cloud=cloud, log_prompts=settings.log_prompts,
             max_compute_units=settings.max_compute_units, default_steps=settings.edge_default_steps,
-            forced_cloud_may_exceed_rho=settings.forced_cloud_may_exceed_rho,
+            forced_cloud_may_exceed_rho=settings.forced_cloud_may_exceed_rho, cache=cache, arms=arm_ids(settings),
         )  # fmt: skip
         app.state.jobs = build_job_runner(settings, job_executor(app))
         await app.state.jobs.start()
@@ -140,6 +164,8 @@ def create_app(
                 stop_refresh.set()
             await app.state.jobs.stop()
             await scoring.aclose()
+            if cache is not None:
+                await cache.aclose()
             for backend in (edge, cloud):
                 if backend is not None:
                     await backend.aclose()

@@ -2,8 +2,8 @@
 
 One `GatewayMetrics` per app: tests and several apps in one process each pass (or get) their own
 `CollectorRegistry`, so collector names never clash. Labels are bounded: backend (edge, cloud, none),
-reason (model, budget, forced, private, fallback, none), HTTP status code, backend error kind, budget
-store (memory, redis).
+reason (model, budget, forced, private, fallback, cache, none), HTTP status code, backend error kind, budget
+store (memory, redis), cache result (hit, miss, bypass).
 
 Several worker processes (`uvicorn --workers N`): with PROMETHEUS_MULTIPROC_DIR set before the workers
 start, every collector writes to files there and `/metrics` from any worker reports all of them:
@@ -110,6 +110,16 @@ class GatewayMetrics:
         self.cloud_breaker_failures = Gauge(
             "routet2i_cloud_breaker_consecutive_failures", "Consecutive health failures the cloud circuit has seen.",
             registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.cache_requests = Counter(
+            "routet2i_cache_requests", "Exact-cache lookups: hit, miss, or bypass (no seed, or \"cache\": false).",
+            ["result"], registry=r,
+        )  # fmt: skip
+        for result in ("hit", "miss", "bypass"):
+            self.cache_requests.labels(result=result)
+        self.cache_bytes = Gauge(
+            "routet2i_cache_bytes", "Image bytes in this process' in-memory cache (Redis entries not included).",
+            registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.edge_queue_depth = Gauge(
             "routet2i_edge_queue_depth", "Requests waiting for or running on the edge pipeline.", registry=r,

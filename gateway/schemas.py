@@ -73,6 +73,9 @@ class GenerateRequest(_Strict):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     route: Route = Field(default="auto", description="auto: the router decides; edge/cloud: forced.")
     private: bool = Field(default=False, description="true: the prompt never leaves the edge.")
+    cache: bool = Field(
+        default=True, description="false: neither served from nor stored in the exact cache (seeded requests only)."
+    )
     response_format: Literal["b64_json"] = "b64_json"
 
 

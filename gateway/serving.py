@@ -1,4 +1,4 @@
-"""One request through the gateway: score, decide, generate, fall back, count.
+"""One request through the gateway: score, decide, look in the exact cache, generate, fall back, count.
 
 `Gateway` composes the router (via the scoring service), the budget controller, the two backends
 and the metrics; the HTTP routes (gateway/api/routes/) only turn HTTP into calls of `generate`, `score`
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -22,8 +22,10 @@ from backends.base import (
     GenerationResult,
     ImageBackend,
     compute_units,
+    result_pngs,
 )
 from gateway.budget import BudgetController, Decision
+from gateway.cache import CachedImages, ImageCache
 from gateway.metrics import GatewayMetrics
 from gateway.routing import PromptScore, ScoringService
 
@@ -50,6 +52,7 @@ class ServeRequest:
     # A client key's cloud share (gateway.keys): told whether this request would go to the cloud, says whether
     # the key may, counting the decision in the key's window. None: no per-key share.
     cloud_gate: Callable[[bool], bool] | None = None
+    cache: bool = True  # False: neither served from nor stored in the exact cache
 
 
 @dataclass
@@ -71,14 +74,20 @@ class Gateway:
         max_compute_units: int | None = None,
         default_steps: int = 25,
         forced_cloud_may_exceed_rho: bool = False,
+        cache: ImageCache | None = None,
+        arms: Mapping[str, str] | None = None,
     ):
         """`max_compute_units`: the most work one request may ask for (`backends.base.compute_units`, with
-        `default_steps` for a request that leaves the steps to the backend); None: no limit."""
+        `default_steps` for a request that leaves the steps to the backend); None: no limit.
+        `cache`: the exact cache of seeded requests (None: off); `arms`: the model id of each backend in its
+        cache keys (a changed model never serves the old one's images)."""
         self.scoring, self.budget, self.metrics = scoring, budget, metrics
         self.edge, self.cloud = edge, cloud
         self.log_prompts = log_prompts
         self.max_compute_units, self.default_steps = max_compute_units, default_steps
         self.forced_cloud_may_exceed_rho = forced_cloud_may_exceed_rho
+        self.cache = cache
+        self.arms = {"edge": "edge", "cloud": "cloud", **(arms or {})}
 
     async def score(self, prompt: str) -> PromptScore:
         score = await self.scoring.score(prompt)
@@ -99,7 +108,12 @@ class Gateway:
         try:
             self._check_compute(request)
             route, ticket = await self._decide(job)
-            served = await self._serve(request, route, ticket)
+            cached = self._cacheable(job)
+            served = await self._from_cache(job, route, ticket) if cached else None
+            if served is None:
+                served = await self._serve(request, route, ticket)
+                if cached:
+                    await self._to_cache(job, served)
         except (GatewayError, asyncio.CancelledError) as exc:
             status = exc.status if isinstance(exc, GatewayError) else CLIENT_CLOSED
             failed = (exc.route if isinstance(exc, GatewayError) else None) or route
@@ -149,6 +163,42 @@ class Gateway:
         score = await self.score(job.generation.prompt)
         decision = self.budget.decide(score.prs)
         return self._key_share(decision, gate), decision.ticket
+
+    def _cacheable(self, job: ServeRequest) -> bool:
+        """Whether the cache takes part: only seeded requests (no seed: a new image is wanted) that did not opt out."""
+        if self.cache is None:
+            return False
+        if job.cache and job.generation.seed is not None:
+            return True
+        self.cache.bypass()
+        return False
+
+    def _cache_key(self, job: ServeRequest, backend: str) -> str:
+        assert self.cache is not None
+        steps = self.default_steps if backend == "edge" else None  # the edge's default is known, a cloud's not
+        return self.cache.key(job.generation, self.arms[backend], private=job.private, default_steps=steps)
+
+    async def _from_cache(self, job: ServeRequest, route: Decision, ticket: int | None) -> Served | None:
+        """The cached images of this request on the arm it was routed to, counted as a zero-cost request
+        (reason "cache": no cloud call against the budget), or None."""
+        assert self.cache is not None
+        entry = await self.cache.get(self._cache_key(job, route.backend), private=job.private)
+        if entry is None:
+            return None
+        if ticket is not None:
+            self.budget.record("edge", "cache", ticket=ticket)
+        else:
+            route = replace(route, rho=self.budget.count("edge", "cache", prs=route.prs).rho)
+        return Served(entry.result(), replace(route, reason="cache"))
+
+    async def _to_cache(self, job: ServeRequest, served: Served) -> None:
+        """Keep what was served under the arm that served it; its PNGs are encoded once, here, for the response too."""
+        assert self.cache is not None
+        result = served.result
+        if result.png is None or len(result.png) != len(result.images):
+            result.png = await asyncio.to_thread(result_pngs, result)
+        key = self._cache_key(job, served.route.backend)
+        await self.cache.put(key, CachedImages.of(result, result.png), private=job.private)
 
     def _key_share(self, decision: Decision, gate: Callable[[bool], bool] | None) -> Decision:
         """Count the decision in the client key's share window; over the key's share, the edge serves it

@@ -1,7 +1,7 @@
 """Gateway settings: environment variables `ROUTET2I_*` over an optional YAML/TOML file over defaults.
 
 The file is named by `ROUTET2I_CONFIG` (or `routet2i serve --config`). Secrets (admin token, worker
-token, Stability key) come from the environment or a file the operator controls, never from code.
+token, Stability and OpenAI keys) come from the environment or a file the operator controls, never from code.
 """
 
 from __future__ import annotations
@@ -65,14 +65,24 @@ class Settings(BaseSettings):
     edge_default_steps: int = Field(25, ge=1)
 
     # cloud backend
-    cloud_kind: Literal["worker", "stability", "none"] = "worker"
+    cloud_kind: Literal["worker", "stability", "openai", "none"] = "worker"
     cloud_url: str | None = Field(None, description="Base URL of a `routet2i worker`.")
     cloud_token: SecretStr | None = Field(None, description="Bearer token of the worker.")
     stability_api_key: SecretStr | None = None
     stability_model: Literal["sd3.5-large", "sd3.5-large-turbo", "sd3.5-medium"] = "sd3.5-large"
     stability_base_url: str = Field("https://api.stability.ai", description="Stability API base URL (a proxy).")
+    openai_api_key: SecretStr | None = Field(None, description="OpenAI API key (cloud_kind=openai).")
+    openai_model: str = Field(
+        "gpt-image-1", min_length=1, description="OpenAI image model: gpt-image-1, dall-e-3, ... (or a server's own)."
+    )
+    openai_base_url: str = Field("https://api.openai.com", description="OpenAI API base URL (or a proxy).")
     cloud_timeout_s: float = Field(120.0, gt=0)
     cloud_retries: int = Field(2, ge=0)
+
+    # exact cache (seeded requests only)
+    cache_enabled: bool = Field(True, description="Serve a repeated seeded request from the cache (no backend call).")
+    cache_max_bytes: int = Field(256 * 1024 * 1024, ge=0, description="Image bytes the in-memory cache holds (LRU).")
+    cache_ttl_s: float = Field(86_400.0, gt=0, description="How long a cached image is served.")
 
     # service
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin; unset = admin off.")

@@ -1,11 +1,13 @@
-"""Cloud image backends over `httpx`: the project's own worker and Stability AI's hosted SD3.5 API.
+"""Cloud image backends over `httpx`: the project's own worker, Stability AI's hosted SD3.5 API and OpenAI's
+Images API.
 
     policy.py         retry/backoff, the circuit breaker, which failures say the backend is unhealthy
     client.py         the shared request path (retries under the breaker, error kinds) and body helpers
     worker_client.py  `WorkerCloudBackend`, client of `backends.worker`
     stability.py      `StabilityCloudBackend`, Stability AI v2beta SD3.5
+    openai.py         `OpenAICloudBackend`, OpenAI Images API (DALL-E, gpt-image) and servers speaking it
 
-Both clients share one request path: per-attempt timeouts; bounded retries with exponential backoff and
+All clients share one request path: per-attempt timeouts; bounded retries with exponential backoff and
 jitter on connect errors, timeouts, 5xx and 429; no retry of a request the backend refused (4xx); and a
 circuit breaker that fails fast with `BackendUnavailable` after `failure_threshold` consecutive failures
 that say the backend is unhealthy, then lets one trial request through after `cooldown_s`.
@@ -21,6 +23,7 @@ from backends.cloud.client import (
     open_b64_image,
     provider_message,
 )
+from backends.cloud.openai import MODEL_SIZES, OpenAICloudBackend, openai_size
 from backends.cloud.policy import (
     BREAKER_FAILURE_KINDS,
     BreakerStatus,
@@ -47,6 +50,8 @@ __all__ = [
     "BreakerStatus",
     "CircuitBreaker",
     "HTTPCloudBackend",
+    "MODEL_SIZES",
+    "OpenAICloudBackend",
     "RetryPolicy",
     "StabilityCloudBackend",
     "WorkerCloudBackend",
@@ -56,6 +61,7 @@ __all__ = [
     "is_health_failure",
     "json_object",
     "nearest_aspect_ratio",
+    "openai_size",
     "open_b64_image",
     "parse_retry_after",
     "provider_message",

@@ -21,6 +21,9 @@ const REASONS = {
   forced: (r) => `The request forced the ${r.backend} route; the router was not asked.`,
   private: () => "Private request: the prompt never leaves the edge.",
   fallback: () => "The cloud was chosen but failed or is not configured; the edge served it as a fallback.",
+  cache: (r) =>
+    `The same seeded request was routed to the ${r.backend} before: its images came from the cache, ` +
+    "no model was called and no budget was spent.",
 };
 
 export function explain(route) {

@@ -52,7 +52,7 @@ def serve_request(body: GenerateRequest) -> ServeRequest:
         prompt=body.prompt, negative_prompt=body.negative_prompt, n=body.n, width=width, height=height,
         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, seed=body.seed,
     )  # fmt: skip
-    return ServeRequest(generation, route=body.route, private=body.private)
+    return ServeRequest(generation, route=body.route, private=body.private, cache=body.cache)
 
 
 def route_headers(response: Response, served: Served) -> None:
