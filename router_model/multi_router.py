@@ -35,7 +35,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def checkpoint_kind(directory: str | Path) -> str:
-    """"multi" for a `MultiRouter` checkpoint, "paper" for the paper's single-pair router (no `kind`)."""
+    """ "multi" for a `MultiRouter` checkpoint, "paper" for the paper's single-pair router (no `kind`)."""
     path = Path(directory) / CONFIG_NAME
     if not path.exists():
         raise FileNotFoundError(f"router checkpoint {directory}: no {CONFIG_NAME}")
@@ -169,9 +169,7 @@ class MultiRouter(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, device: str = "cpu", encoder_dtype: str = "float32"
-    ) -> MultiRouter:
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu", encoder_dtype: str = "float32") -> MultiRouter:
         """Load a checkpoint; the encoder (on `device`, in `encoder_dtype`) loads lazily on the first `score`."""
         from safetensors.torch import load_file
 

@@ -279,13 +279,20 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     dsub = dataset.add_subparsers(dest="dataset_command", required=True)
 
     p = dsub.add_parser("import", help="import public human ratings or your own JSONL as a routing dataset")
-    p.add_argument("--source", required=True, choices=["genai-bench", "agiqa3k", "ratings", "jsonl"],
-                   help="ratings: the long format prompt_id,prompt,model,dimension,score,rater,image (.csv, .csv.gz)")
+    p.add_argument(
+        "--source",
+        required=True,
+        choices=["genai-bench", "agiqa3k", "ratings", "jsonl"],
+        help="ratings: the long format prompt_id,prompt,model,dimension,score,rater,image (.csv, .csv.gz)",
+    )
     p.add_argument("--input", required=True, help="ratings file (genai_bench_ratings.json, agiqa3k_mos.csv, ...)")
     p.add_argument("--edge", help="edge model as named in the file (e.g. SDXL_2_1) or its canonical id (sd-2.1)")
     p.add_argument("--cloud", help="cloud model as named in the file (e.g. DALLE_3) or its canonical id (dall-e-3)")
-    p.add_argument("--multi", action="store_true",
-                   help="write every model's ratings per prompt (RatedPrompt JSONL) instead of one pair")
+    p.add_argument(
+        "--multi",
+        action="store_true",
+        help="write every model's ratings per prompt (RatedPrompt JSONL) instead of one pair",
+    )
     p.add_argument("--out", required=True, help="output routing dataset (.jsonl); PRS statistics go beside it")
     p.add_argument("--gamma", type=float, default=1.0, help="PRS temperature Γ")
     p.set_defaults(func=cmd_dataset_import)
@@ -319,8 +326,11 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train the RouteT2I router on routing datasets")
     p.add_argument("--data", nargs="+", help="routing dataset(s) (.jsonl), one model pair")
-    p.add_argument("--multi", action="store_true",
-                   help="train the many-model router (kind multi) on every shared rated set under --data-dir")
+    p.add_argument(
+        "--multi",
+        action="store_true",
+        help="train the many-model router (kind multi) on every shared rated set under --data-dir",
+    )
     p.add_argument("--data-dir", default="../shared/data", help="shared rated sets (--multi)")
     p.add_argument("--cache-dir", default="runs/cache", help="encoder inputs cache (--multi)")
     p.add_argument("--lodo-json", help="put this `evaluate --lodo --json` result in the model card (--multi)")
@@ -363,9 +373,12 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results-page", metavar="DIR", help="regenerate DIR/RESULTS.md on the three public pairs")
     p.add_argument("--data-dir", default="../shared/data", help="where the public data lives (--results-page, --lodo)")
-    p.add_argument("--lodo", action="store_true",
-                   help="leave-one-dataset-out over the shared rated sets: the shipped many-model design trained on "
-                   "the other sets, tested on each set's natural pair")
+    p.add_argument(
+        "--lodo",
+        action="store_true",
+        help="leave-one-dataset-out over the shared rated sets: the shipped many-model design trained on "
+        "the other sets, tested on each set's natural pair",
+    )
     p.add_argument("--held-out", help="--lodo: only these held-out sets (comma-separated; default all with a pair)")
     p.add_argument("--cache-dir", default="runs/cache", help="--lodo: encoder inputs cache (a re-run encodes nothing)")
     p.set_defaults(func=cmd_evaluate)

@@ -194,8 +194,12 @@ def write_multi_card(directory: str | Path, command: str, lodo: dict[str, Any] |
     ]
     regenerate = [command]
     if lodo is not None:
-        lines += [lodo_markdown(lodo), "", f"From `{lodo_source}`; the same design, so each column is what this "
-                  "checkpoint's recipe scores on a set it was not trained on (the checkpoint itself saw every set)."]
+        lines += [
+            lodo_markdown(lodo),
+            "",
+            f"From `{lodo_source}`; the same design, so each column is what this "
+            "checkpoint's recipe scores on a set it was not trained on (the checkpoint itself saw every set).",
+        ]
         regenerate = [lodo.get("command", "routet2i evaluate --lodo --json " + str(lodo_source)), command]
     else:
         lines += ["Not run for this checkpoint: `routet2i evaluate --lodo --json FILE`, then `--lodo-json FILE`."]
