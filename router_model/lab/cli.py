@@ -340,3 +340,7 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--show-prompts", action="store_true", help="echo prompts in the output")
     p.set_defaults(func=cmd_score)
+
+    from router_model.lab.frontier_cli import add_frontier_command
+
+    add_frontier_command(sub)
