@@ -145,11 +145,26 @@ def budget_grid(a: Curve, b: Curve, n: int = 41) -> np.ndarray:
     return np.linspace(lo, hi, n) if hi > lo else np.array([lo])
 
 
-def margins(curves: dict[str, Curve], target: str = "n_arm") -> dict[str, float]:
+BUDGET_FRACTIONS = (0.05, 0.1, 0.25, 0.5)
+
+
+def named_budgets(curves: dict[str, Curve]) -> dict[str, float]:
+    """Budgets a fraction of the way from the cheapest single model's cost to the best one's."""
+    singles = np.vstack([c for n, c in curves.items() if n.startswith("single:")])
+    lo, hi = singles[:, 0].min(), singles[np.argmax(singles[:, 1]), 0]
+    return {f"{f:g}": float(lo + f * (hi - lo)) for f in BUDGET_FRACTIONS}
+
+
+def margins(curves: dict[str, Curve], target: str = "n_arm", budgets: dict[str, float] | None = None) -> dict:
     """The issue's margins of `target`: mean and worst over a shared cost grid vs the best two-arm router and
-    the length policy, and the worst vs every single model at that model's cost (where the target reaches it)."""
+    the length policy, at each named budget (`vs_two_arm@0.1`: a tenth of the way from the cheapest model's
+    cost to the best's), and the worst vs every single model at that model's cost (where the target reaches it)."""
     t = curves[target]
     out: dict[str, float] = {}
+    for label, b in (budgets or named_budgets(curves)).items():
+        for other in ("two_arm", "length_policy"):
+            d = quality_at(t, np.array([b])) - quality_at(curves[other], np.array([b]))
+            out[f"vs_{other}@{label}"] = float(d[0])
     for other in ("two_arm", "length_policy"):
         grid = budget_grid(t, curves[other])
         d = quality_at(t, grid) - quality_at(curves[other], grid)
@@ -173,13 +188,15 @@ def bootstrap_margins(
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     """Point estimate and 95% percentile CI of every margin, resampling test prompts with replacement
     (the predictions stay fixed: the CI is over the test sample, not over training)."""
-    point = margins(curves_fn(quality, cost, pred_q, pred_c, tokens, models))
+    curves = curves_fn(quality, cost, pred_q, pred_c, tokens, models)
+    budgets = named_budgets(curves)
+    point = margins(curves, budgets=budgets)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in point}
     n = len(quality)
     for _ in range(reps):
         i = rng.integers(0, n, n)
-        m = margins(curves_fn(quality[i], cost[i], pred_q[i], pred_c[i], tokens[i], models))
+        m = margins(curves_fn(quality[i], cost[i], pred_q[i], pred_c[i], tokens[i], models), budgets=budgets)
         for k, v in m.items():
             draws[k].append(v)
     out = {}
@@ -188,4 +205,5 @@ def bootstrap_margins(
         arr = arr[np.isfinite(arr)]
         lo, hi = np.percentile(arr, [2.5, 97.5]) if arr.size else (np.nan, np.nan)
         out[k] = {"estimate": v, "ci_low": float(lo), "ci_high": float(hi)}
+    out["budgets"] = budgets
     return out

@@ -119,6 +119,15 @@ def section(result: dict, title: str, png: str) -> str:
         ["vs length_policy (worst cost)", _ci(mg["vs_length_policy_min"])],
         ["vs the single models, worst one at its own cost", _ci(mg["vs_singles_min"])],
     ]
+    from router_model.lab.frontier_curves import quality_at
+
+    budget_rows = []
+    for label, b in mg["budgets"].items():
+        q = {m: quality_at(curves[m], np.array([b]))[0] for m in ("n_arm", "two_arm", "length_policy", "oracle")}
+        budget_rows.append(
+            [f"{float(label):.0%}", number(b, 3), *(number(q[m], 3) for m in q),
+             _ci(mg[f"vs_two_arm@{label}"]), _ci(mg[f"vs_length_policy@{label}"])]
+        )  # fmt: skip
     unit = "m$ per image" if result["cost_unit"].startswith("given") else result["cost_unit"]
     return "\n".join(
         [
@@ -137,8 +146,26 @@ def section(result: dict, title: str, png: str) -> str:
             "",
             table(["margin of n_arm", "value"], margin_rows),
             "",
+            "At budgets a fraction of the way from the cheapest model's cost to the best model's:",
+            "",
+            table(
+                ["budget", "cost", "n_arm", "two_arm", "length", "oracle", "n_arm − two_arm", "n_arm − length"],
+                budget_rows,
+            ),
+            "",
         ]
     )
+
+
+def summary(results: dict[str, dict]) -> str:
+    """One row per set: the issue's target margins (mean over matched costs, worst single model) with CIs."""
+    rows = [
+        [name, str(r["prompts"]), str(len(r["models"])), _ci(r["margins"]["vs_two_arm_mean"]),
+         _ci(r["margins"]["vs_length_policy_mean"]), _ci(r["margins"]["vs_singles_min"])]
+        for name, r in results.items()
+    ]  # fmt: skip
+    head = ["set", "prompts", "models", "n_arm − two_arm", "n_arm − length_policy", "n_arm − worst single"]
+    return "\n".join(["## Summary: the issue's targets", "", table(head, rows), ""])
 
 
 HEADER = """# The offline quality–cost frontier of N-arm routing
@@ -189,6 +216,7 @@ def write_page(data_root: str | Path, page: str | Path, cache: str | Path | None
         parts.append(section(result, title, png))
         results[name] = result
         print(f"{name}: {result['prompts']} prompts, {result['seconds']:.0f} s", flush=True)
+    parts.insert(1, summary(results))
     page.write_text("\n".join(parts), encoding="utf-8")
     (page.parent / "frontier.json").write_text(json.dumps(results), encoding="utf-8")
     return page
