@@ -130,3 +130,12 @@ def test_curve_helpers():
     assert fc.upper_envelope(pts).tolist() == [[1.0, 1.0], [3.0, 2.0]]
     q = fc.quality_at(pts, np.array([0.5, 2.0, 5.0]))
     assert np.isnan(q[0]) and q[1] == pytest.approx(1.5) and q[2] == pytest.approx(2.0)
+
+
+def test_train_files_and_one_dimension(planted, tmp_path):
+    other = _planted(tmp_path / "planted.csv.gz", n=60, seed=2)  # same dataset name, other prompts
+    r = run_frontier(planted, [other, planted], COSTS, "quality", folds=3, cache=None, bootstrap=5)
+    assert r["train"] == [str(other), str(planted)] and r["dimensions"] == ["quality"]
+    assert r["margins"]["vs_singles_min"]["estimate"] >= -0.02
+    with pytest.raises(ValueError, match="--dimension 'beauty' is not in planted; known: quality"):
+        run_frontier(planted, costs=COSTS, dimension="beauty", folds=3, cache=None, bootstrap=5)

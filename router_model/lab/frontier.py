@@ -231,10 +231,11 @@ def run_frontier(
     cost_map = parse_costs(costs, known, name) if costs else None
     test = test_matrix(name, items, cost_map, dimension)
     train_sets: dict[str, list[RatedPrompt]] = {}
-    for p in train_paths:
+    for i, p in enumerate(train_paths):
+        if Path(p).resolve() == Path(test_path).resolve():
+            continue  # the test file trains through its other folds already
         n, its = load_rated(p)
-        if n != name:
-            train_sets[n] = its
+        train_sets[n if n not in train_sets and n != name else f"{n}#{i}"] = its
     if folds < 2:
         raise ValueError("--folds must be at least 2")
     prompts = [it.prompt for its in [items, *train_sets.values()] for it in its]
