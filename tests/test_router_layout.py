@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ["router_model.model", "router_model.encoder", "router_model.prs", "router_model.quality",
            "router_model.complexity", "router_model.features", "router_model.model_ids",
            "router_model.multi_router", "router_model.scorers"]  # fmt: skip
-COMMANDS = ["dataset", "train", "evaluate", "calibrate", "score", "serve", "worker"]
+COMMANDS = ["dataset", "train", "evaluate", "calibrate", "score", "frontier", "serve", "worker"]
 
 
 def _env() -> dict[str, str]:
@@ -64,12 +64,13 @@ def test_one_console_two_packages():
         "evaluate": "router_model.lab.cli",
         "calibrate": "router_model.lab.cli",
         "score": "router_model.lab.cli",
+        "frontier": "router_model.lab.frontier_cli",
         "serve": "gateway.cli",
         "worker": "gateway.cli",
         "dataset import": "router_model.lab.cli",
         "dataset build": "router_model.lab.cli",
-        "dataset stats": "router_model.lab.cli",
-        "dataset analyze": "router_model.lab.cli",
+        "dataset stats": "router_model.lab.cli_dataset",
+        "dataset analyze": "router_model.lab.cli_dataset",
     }
 
 

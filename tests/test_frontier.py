@@ -1,0 +1,141 @@
+"""`routet2i frontier` on synthetic ratings with a planted structure: a cheap model as good as the dear one on
+short prompts, much worse on long ones, and a middle model that is mediocre everywhere."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from gateway.cli import main
+from router_model.lab import frontier_curves as fc
+from router_model.lab.frontier import curves_of, parse_costs, run_frontier
+
+WORDS = [
+    "cat",
+    "dog",
+    "house",
+    "tree",
+    "river",
+    "red",
+    "blue",
+    "small",
+    "large",
+    "castle",
+    "robot",
+    "city",
+    "night",
+    "garden",
+    "horse",
+    "boat",
+]
+COSTS = ["SD-Turbo=1", "mid=3", "DALLE_3=10"]
+
+
+def _planted(path, n=180, seconds=False, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = ["prompt_id,prompt,model,dimension,score,rater,image"]
+    for i in range(n):
+        k = int(rng.integers(2, 40))
+        prompt = f"p{i} " + " ".join(rng.choice(WORDS, k))
+        long = k >= 16
+        q = {"SD-Turbo": 2.0 if long else 4.0, "mid": 3.0, "DALLE_3": 4.0}
+        t = {"SD-Turbo": 0.2, "mid": 1.0, "DALLE_3": 3.0}
+        for m, v in q.items():
+            for r in range(2):
+                rows.append(f"{i},{prompt},{m},quality,{v + rng.normal(0, 0.3):.3f},r{r},")
+            if seconds:
+                rows.append(f"{i},{prompt},{m},seconds,{t[m] * (1 + 0.1 * rng.random()):.3f},,")
+    with gzip.open(path, "wt", encoding="utf-8", newline="") as fh:
+        fh.write("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return _planted(tmp_path_factory.mktemp("frontier") / "planted.csv.gz")
+
+
+@pytest.fixture(scope="module")
+def result(planted):
+    return run_frontier(planted, costs=COSTS, folds=3, cache=None, bootstrap=20)
+
+
+def test_n_arm_dominates_single_models_and_random_mix(result):
+    curves = curves_of(result)
+    n_arm = curves["n_arm"]
+    for name, pts in curves.items():
+        if name.startswith("single:"):
+            assert fc.quality_at(n_arm, pts[:, 0])[0] >= pts[0, 1] - 0.02, name
+    grid = fc.budget_grid(n_arm, curves["random_mix"])
+    gap = fc.quality_at(n_arm, grid) - fc.quality_at(curves["random_mix"], grid)
+    assert np.nanmin(gap) >= -0.02
+    assert np.nanmean(gap) > 0.3  # the planted structure is worth ~1 quality point at mid budgets
+    assert result["margins"]["vs_singles_min"]["estimate"] >= -0.02
+
+
+def test_oracle_dominates_every_method(result):
+    curves = curves_of(result)
+    oracle = curves["oracle"]
+    for name, pts in curves.items():
+        grid = np.linspace(pts[:, 0].min(), pts[:, 0].max(), 25)
+        assert np.all(fc.quality_at(oracle, grid) >= fc.quality_at(pts, grid) - 1e-9), name
+
+
+def test_cli_json_contract_and_plot(planted, tmp_path, capsys):
+    out, png = tmp_path / "f.json", tmp_path / "f.png"
+    argv = ["frontier", "--test", str(planted), "--costs", *COSTS, "--folds", "3", "--bootstrap", "5"]
+    assert main([*argv, "--cache", str(tmp_path / "none.npz"), "--json", str(out), "--plot", str(png)]) == 0
+    data = json.loads(out.read_text())
+    names = set(data["methods"])
+    singles = {"single:sd-turbo", "single:planted:mid", "single:dall-e-3"}
+    assert names == singles | {"random_mix", "length_policy", "two_arm", "n_arm", "oracle"}
+    for m in data["methods"].values():
+        assert m["points"] and all(set(p) == {"cost", "quality"} for p in m["points"])
+        assert all(isinstance(p["cost"], float) and isinstance(p["quality"], float) for p in m["points"])
+    assert data["costs"] == {"sd-turbo": 1.0, "planted:mid": 3.0, "dall-e-3": 10.0}
+    assert png.stat().st_size > 1000
+    assert "n_arm" in capsys.readouterr().out
+
+
+def test_costs_parse_raw_and_canonical_names():
+    known = ["sd-turbo", "dall-e-3", "x:mid"]
+    assert parse_costs(["SD-Turbo=1", "dall-e-3=0.04", "mid=2.5"], known, "x") == {
+        "sd-turbo": 1.0, "dall-e-3": 0.04, "x:mid": 2.5,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="not a number"):
+        parse_costs(["sd-turbo=cheap", "dall-e-3=1"], known, "x")
+    with pytest.raises(ValueError, match="MODEL=COST"):
+        parse_costs(["sd-turbo", "dall-e-3=1"], known, "x")
+
+
+def test_unknown_model_is_a_clear_cli_error_naming_the_known_ones(planted, tmp_path, capsys):
+    argv = ["frontier", "--test", str(planted), "--costs", "SD-Turbo=1", "sdxl=4", "--json", str(tmp_path / "x.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'sdxl'" in err and "dall-e-3" in err and "sd-turbo" in err and "planted:mid" in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_measured_seconds_are_the_cost_without_costs(tmp_path):
+    path = _planted(tmp_path / "timed.csv.gz", n=90, seconds=True, seed=1)
+    r = run_frontier(path, folds=3, cache=None, bootstrap=5)
+    assert r["cost_unit"] == "measured seconds per image"
+    assert 2.9 < r["costs"]["dall-e-3"] < 3.4 and 0.19 < r["costs"]["sd-turbo"] < 0.23
+    assert r["methods"]["n_arm"]["points"][0]["cost"] == pytest.approx(r["costs"]["sd-turbo"], rel=0.01)
+
+
+def test_curve_helpers():
+    pts = np.array([[1.0, 1.0], [2.0, 0.5], [3.0, 2.0], [3.0, 1.5]])
+    assert fc.upper_envelope(pts).tolist() == [[1.0, 1.0], [3.0, 2.0]]
+    q = fc.quality_at(pts, np.array([0.5, 2.0, 5.0]))
+    assert np.isnan(q[0]) and q[1] == pytest.approx(1.5) and q[2] == pytest.approx(2.0)
+
+
+def test_train_files_and_one_dimension(planted, tmp_path):
+    other = _planted(tmp_path / "planted.csv.gz", n=60, seed=2)  # same dataset name, other prompts
+    r = run_frontier(planted, [other, planted], COSTS, "quality", folds=3, cache=None, bootstrap=5)
+    assert r["train"] == [str(other), str(planted)] and r["dimensions"] == ["quality"]
+    assert r["margins"]["vs_singles_min"]["estimate"] >= -0.02
+    with pytest.raises(ValueError, match="--dimension 'beauty' is not in planted; known: quality"):
+        run_frontier(planted, costs=COSTS, dimension="beauty", folds=3, cache=None, bootstrap=5)
