@@ -91,6 +91,21 @@ def faster_paths(router: RouteT2IRouter, max_lengths: Sequence[int]) -> dict[str
         }
     paths["bfloat16 encoder"] = variant(router, model=copy.deepcopy(model).to(torch.bfloat16))
     paths.update({f"max_length {n}": variant(router, max_length=n) for n in max_lengths})
+    paths.update(onnx_paths(router))
+    return paths
+
+
+def onnx_paths(router: RouteT2IRouter) -> dict[str, RouteT2IRouter]:
+    """The encoder on ONNX Runtime, float32 and dynamic int8 (router_runtime onnx / onnx-int8), when installed."""
+    from router_model.onnx_encoder import OnnxTextEncoder, onnx_available
+
+    if not onnx_available():
+        return {}
+    paths = {}
+    for name, int8 in (("ONNX Runtime fp32", False), ("ONNX Runtime int8 dynamic, per channel", True)):
+        changed = copy.deepcopy(router)
+        changed.attach_encoder(OnnxTextEncoder(router.encoder, int8=int8, threads=torch.get_num_threads()))
+        paths[name] = changed
     return paths
 
 
@@ -227,10 +242,15 @@ def report(result: dict, args: argparse.Namespace) -> str:
              "yes" if agree >= KEEP_AGREEMENT else "no"]
         )  # fmt: skip
     lines.append(table(["path", "single p50 speed-up", "batched speed-up", "decisions agreeing", "keep"], rows))
+    from router_model.onnx_encoder import onnx_available
+
     lines += [
         "",
-        "ONNX Runtime was not measured: it would add a dependency (`onnxruntime`) and a model export step the project "
-        "does not have; the paths above need nothing beyond torch.",
+        "ONNX Runtime paths: the encoder exported once with torch.onnx (TorchScript exporter, opset 17) and run by "
+        "`onnxruntime` (CPU provider, one intra-op thread); the head stays in torch. They are the gateway's "
+        "`router_runtime` setting (`onnx`, `onnx-int8`), installed with the `onnx` extra."
+        if onnx_available()
+        else "ONNX Runtime was not measured: `onnxruntime` is not installed here (`pip install 'routet2i[onnx]'`).",
     ]
     return "\n".join(lines)
 

@@ -88,10 +88,13 @@ def app_from_env() -> FastAPI:
 
 def load_router(settings: Settings) -> PromptScorer:
     from router_model.model import RouteT2IRouter
+    from router_model.onnx_encoder import use_runtime
 
-    return RouteT2IRouter.from_pretrained(
+    router = RouteT2IRouter.from_pretrained(
         settings.router_path, device=settings.router_device, encoder_dtype=settings.router_encoder_dtype
     )
+    use_runtime(router, settings.router_runtime)
+    return router
 
 
 def create_app(
@@ -112,7 +115,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scorer = router if router is not None else load_router(settings)
-        scoring = ScoringService(scorer, max_batch=settings.scoring_max_batch, window_ms=settings.scoring_window_ms)
+        scoring = ScoringService(
+            scorer, max_batch=settings.scoring_max_batch, window_ms=settings.scoring_window_ms,
+            cache_size=settings.router_cache_size,
+        )  # fmt: skip
         await scoring.start()
         if hasattr(edge, "load"):
             await edge.load()
