@@ -70,8 +70,8 @@ def export_onnx(encoder: TextEncoder, path: Path) -> Path:
             "states": {0: "batch", 1: "length"}}  # fmt: skip
     with torch.inference_mode():
         torch.onnx.export(
-            model, (sample["input_ids"], sample["attention_mask"]), str(tmp), input_names=["input_ids", "attention_mask"],
-            output_names=["states"], dynamic_axes=axes, opset_version=17, dynamo=False,
+            model, (sample["input_ids"], sample["attention_mask"]), str(tmp),
+            input_names=["input_ids", "attention_mask"], output_names=["states"], dynamic_axes=axes, opset_version=17, dynamo=False,
         )  # fmt: skip
     tmp.replace(path)
     return path
@@ -131,14 +131,16 @@ class OnnxTextEncoder:
             list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="np",
             return_token_type_ids=False,
         )  # fmt: skip
-        return {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": batch["attention_mask"].astype(np.int64)}
+        return {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
 
     def forward_tokens(self, batch: dict[str, np.ndarray]) -> TokenStates:
         (states,) = self.session.run(["states"], batch)
         return TokenStates(torch.from_numpy(states), torch.from_numpy(batch["attention_mask"]).bool())
 
     def encode(self, prompts: Sequence[str], batch_size: int = 64) -> TokenStates:
-        parts = [self.forward_tokens(self.tokenize(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)]
+        parts = [
+            self.forward_tokens(self.tokenize(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)
+        ]
         if not parts:
             raise ValueError("no prompts to encode")
         length = max(p.states.shape[1] for p in parts)
