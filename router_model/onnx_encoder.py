@@ -71,7 +71,8 @@ def export_onnx(encoder: TextEncoder, path: Path) -> Path:
     with torch.inference_mode():
         torch.onnx.export(
             model, (sample["input_ids"], sample["attention_mask"]), str(tmp),
-            input_names=["input_ids", "attention_mask"], output_names=["states"], dynamic_axes=axes, opset_version=17, dynamo=False,
+            input_names=["input_ids", "attention_mask"], output_names=["states"], dynamic_axes=axes, opset_version=17,
+            dynamo=False,
         )  # fmt: skip
     tmp.replace(path)
     return path
