@@ -88,13 +88,12 @@ def app_from_env() -> FastAPI:
 
 def load_router(settings: Settings) -> PromptScorer:
     from router_model.model import RouteT2IRouter
-    from router_model.onnx_encoder import use_runtime
+    from router_model.onnx_runtime import scorer_for
 
     router = RouteT2IRouter.from_pretrained(
         settings.router_path, device=settings.router_device, encoder_dtype=settings.router_encoder_dtype
     )
-    use_runtime(router, settings.router_runtime)
-    return router
+    return scorer_for(router, settings.router_runtime)
 
 
 def create_app(

@@ -1,0 +1,87 @@
+"""The page section of bench/gateway_overhead.py: the table (latency, throughput, CPU per request) and the
+issue-13 targets as ratios to LiteLLM measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from bench.markdown import run_note
+from bench.overhead_peers import PEER, Run, litellm_config
+from router_model.lab.markdown import table
+
+HEADERS = ("image", "concurrency", "scenario", "ok", "errors", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
+           "req/s", "CPU ms/req", "served by")  # fmt: skip
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def report(
+    results: dict[tuple[int, int], dict[str, Run]], router_p50: float, args: argparse.Namespace, n: int, peer: str
+) -> str:
+    rows, notes = [], []
+    peer_text = (
+        f"LiteLLM {peer} (`litellm --num_workers 1`, config below) as the peer on the same upstream, " if peer else ""
+    )
+    for (side, c), runs in results.items():
+        d50, d99 = np.percentile(runs["direct"].latencies, [50, 99])
+        added = {}
+        for scenario, run in runs.items():
+            p50, p99 = np.percentile(run.latencies, [50, 99])
+            added[scenario] = p50 - d50
+            served = ", ".join(f"{k} {v}" for k, v in sorted(run.backends.items()))
+            rows.append(
+                [f"{side}×{side}", c, scenario, len(run.latencies), run.errors, ms(p50), ms(p99),
+                 "" if scenario == "direct" else f"{(p50 - d50) * 1e3:+.2f}",
+                 "" if scenario == "direct" else f"{(p99 - d99) * 1e3:+.2f}", f"{run.rate:.0f}",
+                 ms(run.cpu_s / max(len(run.latencies) + run.errors, 1)), served]
+            )  # fmt: skip
+        notes.append(cell_note(side, c, runs, added, router_p50))
+    lines = [
+        "## Gateway overhead",
+        "",
+        run_note(),
+        "",
+        "Worker returning a fixed PNG at once (512×512: about 400 kB, the size class of a real output; 64×64: "
+        "the per-request cost without the payload); gateway `python -m gateway.cli serve` "
+        f"(uvicorn, uvloop/httptools, INFO logging, `router_runtime: {args.router_runtime}`, `router_cache_size: 0` "
+        "because the timed prompts repeat and a cache hit would hide the router) and the worker as separate "
+        f"processes, {peer_text}this process driving them with one httpx.AsyncClient; {args.rounds} rotating "
+        f"rounds per cell, {n} COCO captions the router sends to the cloud at ρ = 1. Latency is client-side wall time "
+        "per request, response JSON parsed; CPU per request is the serving process tree's user+system time. The "
+        "machine has 2 cores shared with other work, so only ratios within this one run mean much.",
+        "",
+        table(HEADERS, rows, align="lrlrrrrrrrrl"),
+        "",
+        f"Router alone (encoder + head, `{args.router_runtime}`, one prompt, in the load process): p50 "
+        f"{ms(router_p50)} ms.",
+        "",
+        *notes,
+    ]
+    if peer:
+        lines += ["", "LiteLLM config (`litellm --config litellm.yaml --num_workers 1`, `LITELLM_LOG=ERROR`, a random "
+                  "master key as the bearer token):", "", "```yaml", litellm_config("http://127.0.0.1:PORT").rstrip(),
+                  "```"]  # fmt: skip
+    else:
+        lines += ["", "LiteLLM was not run (`--no-litellm`): no peer ratios."]
+    return "\n".join(lines)
+
+
+def cell_note(side: int, c: int, runs: dict[str, Run], added: dict[str, float], router_p50: float) -> str:
+    """One bullet: the targets of issue 13 for this cell (ratios to LiteLLM when it ran)."""
+    on, off = added["router on"], added["router off"]
+    text = f"- {side}×{side}, concurrency {c}: added p50 router off **{ms(off)} ms**, router on **{ms(on)} ms**"
+    router_extra = on - off
+    text += f" (the router adds {ms(router_extra)} ms over router off; its own p50 {ms(router_p50)} ms: "
+    text += f"{'within' if router_extra <= router_p50 + 1e-3 else 'over'} its cost + 1 ms)"
+    if PEER in runs:
+        peer = added[PEER]
+        rate = {s: r.rate for s, r in runs.items()}
+        text += (f"; LiteLLM adds **{ms(peer)} ms**: router on/LiteLLM **{on / peer:.2f}×** (target ≤ 0.5 at c = 1), "
+                 f"router off/LiteLLM **{off / peer:.2f}×** (target ≤ 0.3 for 512×512); throughput router on "
+                 f"**{rate['router on'] / rate[PEER]:.2f}×** LiteLLM's (target ≥ 1.5 at c = 16) and "
+                 f"**{rate['router on'] / rate['router off']:.2f}×** router off's (target ≥ 0.6)")  # fmt: skip
+    return text + "."
