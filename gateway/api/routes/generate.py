@@ -61,8 +61,11 @@ def route_headers(response: Response, served: Served) -> None:
 
 
 async def images(served: Served) -> list[ImageData]:
-    """Base64 PNGs: a cloud worker's bytes as received; edge images encoded off the event loop."""
+    """Base64 images: a cloud worker's base64 passed through as received (checked, not re-encoded: PNG or JPEG);
+    edge images encoded as PNG off the event loop."""
     result = served.result
+    if result.b64 is not None and len(result.b64) == len(result.images):
+        return [ImageData(b64_json=data) for data in result.b64]
     pngs = result.png if result.png is not None else await asyncio.to_thread(result_pngs, result)
     return [ImageData(b64_json=base64.b64encode(png).decode()) for png in pngs]
 
