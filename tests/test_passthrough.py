@@ -109,3 +109,18 @@ async def test_the_gateway_answers_the_workers_base64_unchanged(tmp_path):
         assert response.status_code == 200, response.text
         assert response.headers["x-route-backend"] == "cloud"
         assert response.json()["data"][0]["b64_json"] == payload
+
+
+@pytest.mark.parametrize("use_orjson", [True, False])
+def test_fast_json_writes_the_same_document_with_or_without_orjson(monkeypatch, use_orjson):
+    import json
+
+    from gateway import fast_json
+
+    if use_orjson and fast_json.orjson is None:
+        pytest.skip("orjson not installed (pip install 'routet2i[fast]')")
+    if not use_orjson:
+        monkeypatch.setattr(fast_json, "orjson", None)
+    doc = {"created": 1, "data": [{"b64_json": encoded("PNG")}], "route": {"prs": None, "rho": 0.3}, "note": "é"}
+    assert json.loads(fast_json.dumps(doc)) == doc
+    assert fast_json.FastJSONResponse(doc).headers["content-type"] == "application/json"

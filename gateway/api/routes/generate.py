@@ -13,6 +13,7 @@ from backends.base import GenerationRequest, result_pngs
 from gateway.api.auth import ClientDep, ClientsDep, keyed
 from gateway.api.deps import GatewayDep
 from gateway.api.idempotent import idempotent
+from gateway.fast_json import FastJSONResponse
 from gateway.keys import ApiKey, ClientGate
 from gateway.schemas import (
     ErrorResponse,
@@ -93,7 +94,7 @@ async def generate(
     async def produce() -> JSONResponse:
         request.state.counted = True  # Gateway.generate counts it in the metrics, whatever the outcome
         answer, served = await generate_response(body, gw, clients, client)
-        response = JSONResponse(answer.model_dump(mode="json"))
+        response = FastJSONResponse(answer.model_dump(mode="json"))
         route_headers(response, served)
         return response
 
@@ -108,7 +109,7 @@ async def openai_generations(
     gw: GatewayDep,
     client: ClientDep,
     clients: ClientsDep,
-) -> OpenAIImageResponse:
+) -> Response:
     """OpenAI Images API shape, served through the same routing as /generate (`private`, the caps and keys included)."""
     native = GenerateRequest(prompt=body.prompt, n=body.n, size=body.size, route=body.model or "auto",
                              private=body.private)  # fmt: skip
@@ -116,8 +117,11 @@ async def openai_generations(
     request.state.counted = True
     served = await gw.generate(job)
     clients.served(client, served.route.backend, served.route.reason)
-    route_headers(response, served)
-    return OpenAIImageResponse(created=int(time.time()), data=await images(served))
+    answer = OpenAIImageResponse(created=int(time.time()), data=await images(served))
+    kept = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+    fast = FastJSONResponse(answer.model_dump(mode="json"), headers=kept)  # headers set on `response` by the deps
+    route_headers(fast, served)
+    return fast
 
 
 @router.post("/route", response_model=ScoreResponse, tags=["routing"])
