@@ -4,6 +4,7 @@ issue-13 targets as ratios to LiteLLM measured in the same run."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 import numpy as np
 
@@ -47,7 +48,8 @@ def report(
         "",
         "Worker returning a fixed PNG at once (512×512: about 400 kB, the size class of a real output; 64×64: "
         "the per-request cost without the payload); gateway `python -m gateway.cli serve` "
-        f"(uvicorn, uvloop/httptools, INFO logging, `router_runtime: {args.router_runtime}`, `router_cache_size: 0` "
+        f"(uvicorn, uvloop/httptools, INFO logging, {'orjson' if importlib.util.find_spec('orjson') else 'stdlib json'} "
+        f"responses, `router_runtime: {args.router_runtime}`, `router_cache_size: 0` "
         "because the timed prompts repeat and a cache hit would hide the router) and the worker as separate "
         f"processes, {peer_text}this process driving them with one httpx.AsyncClient; {args.rounds} rotating "
         f"rounds per cell, {n} COCO captions the router sends to the cloud at ρ = 1. Latency is client-side wall time "
