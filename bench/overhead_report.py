@@ -24,6 +24,7 @@ def report(
     results: dict[tuple[int, int], dict[str, Run]], router_p50: float, args: argparse.Namespace, n: int, peer: str
 ) -> str:
     rows, notes = [], []
+    json_lib = "orjson" if importlib.util.find_spec("orjson") else "stdlib json"
     peer_text = (
         f"LiteLLM {peer} (`litellm --num_workers 1`, config below) as the peer on the same upstream, " if peer else ""
     )
@@ -48,7 +49,7 @@ def report(
         "",
         "Worker returning a fixed PNG at once (512×512: about 400 kB, the size class of a real output; 64×64: "
         "the per-request cost without the payload); gateway `python -m gateway.cli serve` "
-        f"(uvicorn, uvloop/httptools, INFO logging, {'orjson' if importlib.util.find_spec('orjson') else 'stdlib json'} "
+        f"(uvicorn, uvloop/httptools, INFO logging, {json_lib} "
         f"responses, `router_runtime: {args.router_runtime}`, `router_cache_size: 0` "
         "because the timed prompts repeat and a cache hit would hide the router) and the worker as separate "
         f"processes, {peer_text}this process driving them with one httpx.AsyncClient; {args.rounds} rotating "
