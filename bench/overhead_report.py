@@ -66,7 +66,7 @@ def report(
             for (side, c), runs in results.items()
             if c == 1
         )
-        + " more CPU per request than router off: the router's own work, no hidden extra.",
+        + " more CPU per request than router off (compare the router alone above).",
         "",
         *notes,
     ]
