@@ -5,7 +5,9 @@ Backends know nothing of routing: the gateway picks one and awaits `generate`.
 
 from __future__ import annotations
 
+import base64
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -28,7 +30,7 @@ class GenerationRequest:
 
 @dataclass
 class GenerationResult:
-    images: list[Image.Image]
+    images: Sequence[Image.Image]  # a list, or `passthrough.LazyImages` decoding on first access
     seed: int
     backend: str  # "edge" or "cloud"
     model: str
@@ -36,12 +38,18 @@ class GenerationResult:
     # The images as PNG bytes exactly as the backend received them (a worker's response), or None: the
     # gateway passes these on instead of re-encoding (a 512×512 PNG encode costs ~100 ms of CPU).
     png: list[bytes] | None = None
+    # The images base64-encoded exactly as the backend sent them (PNG or JPEG, cheaply checked by
+    # `backends.passthrough`), or None: the gateway answers b64_json with these strings as they are.
+    b64: list[str] | None = None
+    b64_format: str | None = None  # "PNG" or "JPEG": the format of every `b64` image
 
 
 def result_pngs(result: GenerationResult) -> list[bytes]:
     """Every image of `result` as PNG bytes: the received bytes when the backend kept them, else encoded now."""
     if result.png is not None and len(result.png) == len(result.images):
         return list(result.png)
+    if result.b64 is not None and result.b64_format == "PNG":
+        return [base64.b64decode(data) for data in result.b64]
     return [png_bytes(image) for image in result.images]
 
 

@@ -4,14 +4,17 @@ through the gateway, at several concurrencies: added p50/p99 latency and request
 Three processes: the fixed-image worker (`python -m bench.gateway_overhead worker`), the real gateway
 (`python -m gateway.cli serve`, configured by ROUTET2I_* variables: the shipped router, a tiny edge
 pipeline that no timed request reaches, the worker as its cloud), and this process as the load
-generator (httpx.AsyncClient). Scenarios, run side by side in rotating rounds at each concurrency:
+generator (httpx.AsyncClient); LiteLLM (its own virtualenv, `.bench-venv/`, see bench/overhead_peers.py) as the
+peer proxy on the same upstream's OpenAI Images API. Scenarios, side by side in rotating rounds at each concurrency:
 - direct: POST {worker}/v1/generate;
 - router off: POST {gateway}/generate with route "cloud" (forced, no scoring);
 - router on: POST {gateway}/generate with route "auto" under ρ = 1, on COCO captions the gateway's own
   POST /route sends to the cloud at ρ = 1 (α is capped at ½, so prompts the router thinks the edge
-  wins would stay on the edge; they are left out so that every timed request takes the same path).
+  wins would stay on the edge; they are left out so that every timed request takes the same path);
+- LiteLLM: POST {litellm}/v1/images/generations (b64_json), one worker, callbacks/DB/retries off.
+CPU per request is the server process tree's user+system time over the requests it served (from /proc).
 The router's own single-prompt cost is measured in this process (as in bench/router_latency.py) for
-the "router adds no more than its own cost" check. Anchor: LiteLLM publishes 3.25 ms added latency.
+the "router adds no more than its own cost + 1 ms" check; the headline is the ratio to LiteLLM in the same run.
 
     python -m bench.gateway_overhead                 # writes its section of docs/BENCHMARKS.md
     python -m bench.gateway_overhead --requests 100 --concurrency 1 16 --no-markdown   # quick look
@@ -36,20 +39,17 @@ import httpx
 import numpy as np
 
 from backends.worker import GenerateBody
-from bench.markdown import add_output_arguments, publish, run_note
+from bench.markdown import add_output_arguments, publish
+from bench.overhead_peers import LITELLM_MODEL, PEER, Run, cpu_seconds, ensure_litellm, litellm_version, running_litellm
+from bench.overhead_report import report
 from demo.processes import free_port, spawn, stop, wait_until_ready
 from demo.tiny import build_tiny_sd_pipeline
-from router_model.lab.markdown import table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ROUTET2I_DATA_DIR", ROOT.parent / "shared" / "data"))
 COCO = DATA_DIR / "coco2014_val_captions_5k.tsv"
-LITELLM_ADDED_MS = 3.25
-TARGET_ADDED_P50_MS = 3.0
 IMAGE_SIDE = 512
 SCENARIOS = ("direct", "router off", "router on")
-HEADERS = ("image", "concurrency", "scenario", "ok", "errors", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
-           "req/s", "served by")  # fmt: skip
 
 
 # ---------------------------------------------------------------- the fixed-image worker
@@ -93,6 +93,15 @@ def fixed_image_app():
             cache[key] = base64.b64encode(fixed_png(*key)).decode()
         return JSONResponse({"images": [cache[key]] * body.n, "seed": body.seed or 0, "model": "fixed-image"})
 
+    @app.post("/v1/images/generations")
+    async def openai_images(body: dict) -> JSONResponse:
+        """The OpenAI Images API shape (for LiteLLM): the same cached PNG as b64_json."""
+        width, height = (int(v) for v in str(body.get("size") or "512x512").split("x"))
+        if (width, height) not in cache:
+            cache[width, height] = base64.b64encode(fixed_png(width, height)).decode()
+        data = [{"b64_json": cache[width, height]}] * int(body.get("n") or 1)
+        return JSONResponse({"created": int(time.time()), "data": data})
+
     return app
 
 
@@ -111,6 +120,13 @@ class Stack:
     gateway_url: str
     worker: subprocess.Popen
     gateway: subprocess.Popen
+    litellm_url: str | None = None
+    litellm_pid: int | None = None
+    litellm_key: str = ""
+
+    def pid(self, scenario: str) -> int:
+        """The server process whose CPU a scenario's requests cost."""
+        return {"direct": self.worker.pid, PEER: self.litellm_pid}.get(scenario) or self.gateway.pid
 
 
 @contextlib.contextmanager
@@ -154,21 +170,12 @@ def running_stack(
 # ---------------------------------------------------------------- load
 
 
-@dataclass
-class Run:
-    latencies: np.ndarray  # seconds, successful requests
-    errors: int
-    seconds: float
-    backends: dict[str, int]
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies) / self.seconds
-
-
 def request_for(scenario: str, stack: Stack, prompt: str, seed: int, side: int = IMAGE_SIDE) -> tuple[str, dict]:
     if scenario == "direct":
         return f"{stack.worker_url}/v1/generate", {"prompt": prompt, "width": side, "height": side, "seed": seed}
+    if scenario == PEER:
+        body = {"model": LITELLM_MODEL, "prompt": prompt, "size": f"{side}x{side}", "response_format": "b64_json"}
+        return f"{stack.litellm_url}/v1/images/generations", body
     route = "cloud" if scenario == "router off" else "auto"
     return f"{stack.gateway_url}/generate", {"prompt": prompt, "size": f"{side}x{side}", "seed": seed, "route": route}
 
@@ -196,8 +203,9 @@ async def drive(
             i = queue.get_nowait()
             url, body = request_for(scenario, stack, prompts[i], seed=start + i, side=side)
             started = time.perf_counter()
+            headers = {"authorization": f"Bearer {stack.litellm_key}"} if scenario == PEER else None
             try:
-                response = await client.post(url, json=body)
+                response = await client.post(url, json=body, headers=headers)
                 payload = response.json()
                 ok = response.status_code == 200 and len(payload.get("images") or payload.get("data") or []) == 1
             except (httpx.HTTPError, ValueError):
@@ -210,9 +218,10 @@ async def drive(
             else:
                 errors += 1
 
-    started = time.perf_counter()
+    cpu, started = cpu_seconds(stack.pid(scenario)), time.perf_counter()
     await asyncio.gather(*(one() for _ in range(concurrency)))
-    return Run(np.asarray(latencies), errors, time.perf_counter() - started, backends)
+    seconds = time.perf_counter() - started
+    return Run(np.asarray(latencies), errors, seconds, backends, cpu_seconds(stack.pid(scenario)) - cpu)
 
 
 async def cloud_prompts(client: httpx.AsyncClient, gateway_url: str, prompts: Sequence[str], want: int) -> list[str]:
@@ -232,16 +241,17 @@ async def cloud_prompts(client: httpx.AsyncClient, gateway_url: str, prompts: Se
 
 async def measure(
     stack: Stack, prompts: Sequence[str], sides: Sequence[int], concurrencies: Sequence[int], requests: int, rounds: int
-):
+):  # fmt: skip
     """{(image side, concurrency): {scenario: Run}}, each scenario run `rounds` times per cell in rotating order."""
     limits = httpx.Limits(max_connections=max(concurrencies) * 2, max_keepalive_connections=max(concurrencies) * 2)
     results: dict[tuple[int, int], dict[str, Run]] = {}
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
         chosen = await cloud_prompts(client, stack.gateway_url, prompts, want=max(requests // rounds, 20))
         warm = [chosen[i % len(chosen)] for i in range(32)]
-        for scenario, side in [(s, side) for side in sides for s in SCENARIOS]:  # connections, caches, router
+        scenarios = SCENARIOS + ((PEER,) if stack.litellm_url else ())
+        for scenario, side in [(s, side) for side in sides for s in scenarios]:  # connections, caches, router
             run = await drive(client, scenario, stack, warm, 16, side=side)
-            if run.errors or set(run.backends) - {"worker", "cloud"}:
+            if run.errors or set(run.backends) - {"worker", "cloud"}:  # LiteLLM's responses count as "worker"
                 raise RuntimeError(
                     f"warm-up of {scenario!r}: {run.errors} errors, served by {run.backends}; the timed requests must "
                     "all reach the worker (see --gateway-log)"
@@ -249,10 +259,11 @@ async def measure(
         for side in sides:
             for c in concurrencies:
                 per_round = max(requests // rounds, c)
-                parts: dict[str, list[Run]] = {s: [] for s in SCENARIOS}
+                parts: dict[str, list[Run]] = {s: [] for s in scenarios}
                 for r in range(rounds):
                     batch = [chosen[(r * per_round + i) % len(chosen)] for i in range(per_round)]
-                    for scenario in SCENARIOS[r % 3 :] + SCENARIOS[: r % 3]:
+                    k = r % len(scenarios)
+                    for scenario in scenarios[k:] + scenarios[:k]:
                         run = await drive(client, scenario, stack, batch, c, start=r * per_round, side=side)
                         parts[scenario].append(run)
                 results[side, c] = {s: _merge(runs) for s, runs in parts.items()}
@@ -269,73 +280,26 @@ def _merge(runs: Sequence[Run]) -> Run:
         sum(r.errors for r in runs),
         sum(r.seconds for r in runs),
         backends,
+        sum(r.cpu_s for r in runs),
     )
 
 
-def router_single_cost(prompts: Sequence[str], n: int = 200) -> float:
-    """p50 seconds of one single-prompt router call (encoder + head), in this process."""
+def router_single_cost(prompts: Sequence[str], n: int = 200, runtime: str = "torch") -> float:
+    """p50 seconds of one single-prompt router call (encoder + head, the gateway's runtime), in this process."""
     import torch
 
     from bench.router_latency import full_router, load_router, paired_latency
+    from router_model.onnx_runtime import scorer_for
 
     torch.set_num_threads(1)
     router = load_router()
+    router = scorer_for(router, runtime)
     return float(np.percentile(paired_latency({"router": full_router(router)}, prompts[:n])["router"], 50))
 
 
-# ---------------------------------------------------------------- report
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f}"
-
-
-def report(results: dict[tuple[int, int], dict[str, Run]], router_p50: float, args: argparse.Namespace, n: int) -> str:
-    rows = []
-    summary = {}
-    for (side, c), runs in results.items():
-        direct = runs["direct"]
-        d50, d99 = np.percentile(direct.latencies, [50, 99])
-        for scenario in SCENARIOS:
-            run = runs[scenario]
-            p50, p99 = np.percentile(run.latencies, [50, 99])
-            added = "" if scenario == "direct" else f"{(p50 - d50) * 1e3:+.2f}"
-            added99 = "" if scenario == "direct" else f"{(p99 - d99) * 1e3:+.2f}"
-            served = ", ".join(f"{k} {v}" for k, v in sorted(run.backends.items()))
-            rows.append(
-                [f"{side}×{side}", c, scenario, len(run.latencies), run.errors, ms(p50), ms(p99), added, added99,
-                 f"{run.rate:.0f}", served]
-            )  # fmt: skip
-        off50 = np.percentile(runs["router off"].latencies, 50)
-        on50 = np.percentile(runs["router on"].latencies, 50)
-        summary[side, c] = (off50 - d50, on50 - off50)
-    lines = [
-        "## Gateway overhead",
-        "",
-        run_note(),
-        "",
-        "Worker returning a fixed PNG at once (512×512: about 400 kB, the size class of a real output; 64×64: "
-        "the per-request cost without the payload); gateway `python -m gateway.cli serve` "
-        "(uvicorn, uvloop/httptools, INFO logging) and the worker as separate processes, this process driving them "
-        f"with one httpx.AsyncClient; {args.rounds} rotating rounds per cell, {n} COCO captions "
-        "the router sends to the cloud at ρ = 1. Latency is client-side wall time per request, response JSON parsed.",
-        "",
-        table(HEADERS, rows, align="lrlrrrrrrrl"),
-        "",
-        f"Router alone (encoder + head, one prompt, in the load process): p50 {ms(router_p50)} ms.",
-        "",
-    ]
-    for (side, c), (off, router) in summary.items():
-        lines.append(
-            f"- {side}×{side}, concurrency {c}: router off adds **{ms(off)} ms** p50 over the direct call (target < "
-            f"{TARGET_ADDED_P50_MS} ms, LiteLLM's published {LITELLM_ADDED_MS} ms: "
-            f"{'met' if off < TARGET_ADDED_P50_MS / 1e3 else 'missed'}); the router adds **{ms(router)} ms** p50 on "
-            f"top (its own cost {ms(router_p50)} ms: {'within' if router <= router_p50 else 'over'})."
-        )
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
+    from router_model.onnx_runtime import onnx_available
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     worker = sub.add_parser("worker", help="serve only the fixed-image worker")
@@ -346,7 +310,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rotating rounds the requests are split into")
     parser.add_argument("--prompts", type=Path, default=COCO)
     parser.add_argument("--router-prompts", type=int, default=200, help="prompts timing the router alone")
+    parser.add_argument("--router-runtime", choices=["torch", "onnx"], default="onnx" if onnx_available() else "torch")
     parser.add_argument("--gateway-log", type=Path, help="keep the gateway's log here")
+    parser.add_argument("--litellm-log", type=Path, help="keep LiteLLM's log here")
+    parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out (no install, no peer rows)")
+    parser.add_argument("--no-install", action="store_true", help="use LiteLLM only if .bench-venv/ already has it")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.command == "worker":
@@ -355,13 +323,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from router_model.lab.data import read_prompts
 
+    exe = None if args.no_litellm else ensure_litellm(install=not args.no_install)
     prompts = read_prompts(args.prompts)[:2000]
-    router_p50 = router_single_cost(prompts, args.router_prompts)
-    with tempfile.TemporaryDirectory(prefix="routet2i-overhead-") as tmp, running_stack(
-        Path(tmp), gateway_log=args.gateway_log
-    ) as stack:  # fmt: skip
+    router_p50 = router_single_cost(prompts, args.router_prompts, args.router_runtime)
+    env = {"ROUTET2I_ROUTER_RUNTIME": args.router_runtime, "ROUTET2I_ROUTER_CACHE_SIZE": "0"}
+    with contextlib.ExitStack() as stack_of:
+        tmp = Path(stack_of.enter_context(tempfile.TemporaryDirectory(prefix="routet2i-overhead-")))
+        stack = stack_of.enter_context(running_stack(tmp, gateway_log=args.gateway_log, extra_env=env))
+        if exe is not None:
+            stack.litellm_url, stack.litellm_pid, stack.litellm_key = stack_of.enter_context(
+                running_litellm(exe, stack.worker_url, tmp, log=args.litellm_log)
+            )
         chosen, results = _run_async(measure(stack, prompts, args.sides, args.concurrency, args.requests, args.rounds))
-    text = report(results, router_p50, args, len(chosen))
+    text = report(results, router_p50, args, len(chosen), litellm_version() if exe is not None else "")
     publish("gateway-overhead", text, args)
 
 

@@ -110,8 +110,9 @@ def app_from_env() -> FastAPI:
 
 
 def load_router(settings: Settings) -> PromptScorer:
-    """The checkpoint at `router_path`: the paper's pair router, or a many-model router (`kind: multi`) fixed to
-    the settings' edge and cloud model ids."""
+    """The checkpoint at `router_path`: the paper's pair router (on `router_runtime`), or a many-model router
+    (`kind: multi`) fixed to the settings' edge and cloud model ids."""
+    from router_model.onnx_runtime import scorer_for
     from router_model.scorers import load_scorer
 
     scorer = load_scorer(
@@ -119,8 +120,12 @@ def load_router(settings: Settings) -> PromptScorer:
         device=settings.router_device, encoder_dtype=settings.router_encoder_dtype,
     )  # fmt: skip
     if hasattr(scorer, "head"):
+        if settings.router_runtime != "torch":
+            raise ValueError(f"router_runtime={settings.router_runtime} serves the paper's checkpoints only; "
+                             "a many-model checkpoint runs on torch")  # fmt: skip
         log.info("many-model router: %s → %s scored by the %s head", scorer.edge_id, scorer.cloud_id, scorer.head)
-    return scorer
+        return scorer
+    return scorer_for(scorer, settings.router_runtime)
 
 
 def create_app(
@@ -142,7 +147,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scorer = router if router is not None else load_router(settings)
-        scoring = ScoringService(scorer, max_batch=settings.scoring_max_batch, window_ms=settings.scoring_window_ms)
+        scoring = ScoringService(
+            scorer, max_batch=settings.scoring_max_batch, window_ms=settings.scoring_window_ms,
+            cache_size=settings.router_cache_size,
+        )  # fmt: skip
         await scoring.start()
         if hasattr(edge, "load"):
             await edge.load()

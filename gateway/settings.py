@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     router_encoder_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="bfloat16: faster encoder on CPUs with bf16 (see docs/BENCHMARKS.md)."
     )
+    router_runtime: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="onnx: the router's encoder on ONNX Runtime, same decisions, faster (needs routet2i[onnx]).",
+    )
+    router_cache_size: int = Field(
+        4096, ge=0, description="Recent prompt scores kept (by prompt hash) to skip the router; 0 = off."
+    )
     scoring_max_batch: int = Field(32, ge=1, description="Most prompts scored in one router call.")
     scoring_window_ms: float = Field(2.0, ge=0, description="How long a scoring batch waits for company.")
 

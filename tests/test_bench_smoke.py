@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.markdown import SECTIONS, end_marker, gpu_edge_section, start_marker, write_section
+from bench.overhead_peers import litellm_executable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,11 +71,25 @@ def test_router_latency_smoke(tmp_path):
 def test_gateway_overhead_smoke(tmp_path):
     page = tmp_path / "BENCHMARKS.md"
     run_bench("bench.gateway_overhead", "--requests", "8", "--rounds", "1", "--concurrency", "1", "4",
-              "--sides", "64", "--router-prompts", "10", "--out", str(page))  # fmt: skip
+              "--sides", "64", "--router-prompts", "10", "--no-litellm", "--out", str(page))  # fmt: skip
     part = section(page.read_text(), "gateway-overhead")
     for scenario in ("direct", "router off", "router on"):
         assert f"| {scenario} | 8 | 0 |" in part  # every request answered, none failed
-    assert "64×64, concurrency 4: router off adds" in part
+    assert "64×64, concurrency 4: added p50 router off" in part and "LiteLLM was not run" in part
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not litellm_executable().exists(),
+    reason="LiteLLM is not in .bench-venv/ (python -m bench.gateway_overhead installs it; CI never downloads it)",
+)
+def test_gateway_overhead_with_the_litellm_peer(tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    run_bench("bench.gateway_overhead", "--requests", "8", "--rounds", "2", "--concurrency", "2",
+              "--sides", "64", "--router-prompts", "10", "--no-install", "--out", str(page))  # fmt: skip
+    part = section(page.read_text(), "gateway-overhead")
+    assert "| LiteLLM | 8 | 0 |" in part and "router on/LiteLLM" in part
+    assert "model: openai/dall-e-2" in part and "num_retries: 0" in part  # its exact config is in the page
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 
 from backends.base import BackendError, GenerationRequest, GenerationResult
-from backends.cloud.client import HTTPCloudBackend, draw_seed, json_object, open_b64_image
+from backends.cloud.client import HTTPCloudBackend, draw_seed, json_object
+from backends.passthrough import ImageCheckError, LazyImages, check_b64_image
 
 
 class WorkerCloudBackend(HTTPCloudBackend):
@@ -51,14 +52,12 @@ class WorkerCloudBackend(HTTPCloudBackend):
             images = payload.get("images")
             if not isinstance(images, list) or len(images) != request.n:
                 raise BackendError(f"worker: expected {request.n} images in 'images'", kind="malformed")
-            opened = [open_b64_image(data, f"worker: images[{i}]") for i, data in enumerate(images)]
-            decoded = [image for image, _ in opened]
-            for image in decoded:
-                if image.size != (request.width, request.height):
-                    raise BackendError(
-                        f"worker: image is {image.size[0]}x{image.size[1]}, asked {request.width}x{request.height}",
-                        kind="malformed",
-                    )
+            formats = set()
+            for i, data in enumerate(images):  # signature, header size, end marker: no decode (backends.passthrough)
+                try:
+                    formats.add(check_b64_image(data, request.width, request.height))
+                except ImageCheckError as exc:
+                    raise BackendError(f"worker: images[{i}]: {exc}", kind="malformed") from exc
             timings = {"http_s": time.perf_counter() - started}
             worker_timings = payload.get("timings")
             if isinstance(worker_timings, dict):
@@ -66,12 +65,13 @@ class WorkerCloudBackend(HTTPCloudBackend):
                     {f"worker_{k}": float(v) for k, v in worker_timings.items() if isinstance(v, int | float)}
                 )
             return GenerationResult(
-                images=decoded,
+                images=LazyImages(images),
                 seed=int(payload.get("seed", seed)),
                 backend="cloud",
                 model=str(payload.get("model", "worker")),
                 timings=timings,
-                png=[raw for _, raw in opened] if all(image.format == "PNG" for image in decoded) else None,
+                b64=list(images) if len(formats) == 1 else None,
+                b64_format=formats.pop() if len(formats) == 1 else None,
             )
 
         return await self.call(lambda: self.client.post("/v1/generate", json=body), parse)

@@ -13,6 +13,7 @@ from backends.base import GenerationRequest, result_pngs
 from gateway.api.auth import ClientDep, ClientsDep, keyed
 from gateway.api.deps import GatewayDep
 from gateway.api.idempotent import idempotent
+from gateway.fast_json import FastJSONResponse
 from gateway.keys import ApiKey, ClientGate
 from gateway.schemas import (
     ErrorResponse,
@@ -61,8 +62,11 @@ def route_headers(response: Response, served: Served) -> None:
 
 
 async def images(served: Served) -> list[ImageData]:
-    """Base64 PNGs: a cloud worker's bytes as received; edge images encoded off the event loop."""
+    """Base64 images: a cloud worker's base64 passed through as received (checked, not re-encoded: PNG or JPEG);
+    edge images encoded as PNG off the event loop."""
     result = served.result
+    if result.b64 is not None and len(result.b64) == len(result.images):
+        return [ImageData(b64_json=data) for data in result.b64]
     pngs = result.png if result.png is not None else await asyncio.to_thread(result_pngs, result)
     return [ImageData(b64_json=base64.b64encode(png).decode()) for png in pngs]
 
@@ -90,7 +94,7 @@ async def generate(
     async def produce() -> JSONResponse:
         request.state.counted = True  # Gateway.generate counts it in the metrics, whatever the outcome
         answer, served = await generate_response(body, gw, clients, client)
-        response = JSONResponse(answer.model_dump(mode="json"))
+        response = FastJSONResponse(answer.model_dump(mode="json"))
         route_headers(response, served)
         return response
 
@@ -105,7 +109,7 @@ async def openai_generations(
     gw: GatewayDep,
     client: ClientDep,
     clients: ClientsDep,
-) -> OpenAIImageResponse:
+) -> Response:
     """OpenAI Images API shape, served through the same routing as /generate (`private`, the caps and keys included)."""
     native = GenerateRequest(prompt=body.prompt, n=body.n, size=body.size, route=body.model or "auto",
                              private=body.private)  # fmt: skip
@@ -113,8 +117,11 @@ async def openai_generations(
     request.state.counted = True
     served = await gw.generate(job)
     clients.served(client, served.route.backend, served.route.reason)
-    route_headers(response, served)
-    return OpenAIImageResponse(created=int(time.time()), data=await images(served))
+    answer = OpenAIImageResponse(created=int(time.time()), data=await images(served))
+    kept = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+    fast = FastJSONResponse(answer.model_dump(mode="json"), headers=kept)  # headers set on `response` by the deps
+    route_headers(fast, served)
+    return fast
 
 
 @router.post("/route", response_model=ScoreResponse, tags=["routing"])

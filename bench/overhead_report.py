@@ -1,0 +1,114 @@
+"""The page section of bench/gateway_overhead.py: the table (latency, throughput, CPU per request) and the
+issue-13 targets as ratios to LiteLLM measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import numpy as np
+
+from bench.markdown import run_note
+from bench.overhead_peers import PEER, Run, litellm_config
+from router_model.lab.markdown import table
+
+HEADERS = ("image", "concurrency", "scenario", "ok", "errors", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
+           "req/s", "CPU ms/req", "served by")  # fmt: skip
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def report(
+    results: dict[tuple[int, int], dict[str, Run]], router_p50: float, args: argparse.Namespace, n: int, peer: str
+) -> str:
+    rows, notes = [], []
+    json_lib = "orjson" if importlib.util.find_spec("orjson") else "stdlib json"
+    peer_text = (
+        f"LiteLLM {peer} (`litellm --num_workers 1`, config below) as the peer on the same upstream, " if peer else ""
+    )
+    for (side, c), runs in results.items():
+        d50, d99 = np.percentile(runs["direct"].latencies, [50, 99])
+        added = {}
+        for scenario, run in runs.items():
+            p50, p99 = np.percentile(run.latencies, [50, 99])
+            added[scenario] = p50 - d50
+            served = ", ".join(f"{k} {v}" for k, v in sorted(run.backends.items()))
+            rows.append(
+                [f"{side}×{side}", c, scenario, len(run.latencies), run.errors, ms(p50), ms(p99),
+                 "" if scenario == "direct" else f"{(p50 - d50) * 1e3:+.2f}",
+                 "" if scenario == "direct" else f"{(p99 - d99) * 1e3:+.2f}", f"{run.rate:.0f}",
+                 ms(cpu_per(run)), served]
+            )  # fmt: skip
+        notes.append(cell_note(side, c, runs, added, router_p50))
+    lines = [
+        "## Gateway overhead",
+        "",
+        run_note(),
+        "",
+        "Worker returning a fixed PNG at once (512×512: about 400 kB, the size class of a real output; 64×64: "
+        "the per-request cost without the payload); gateway `python -m gateway.cli serve` "
+        f"(uvicorn, uvloop/httptools, INFO logging, {json_lib} "
+        f"responses, `router_runtime: {args.router_runtime}`, `router_cache_size: 0` "
+        "because the timed prompts repeat and a cache hit would hide the router) and the worker as separate "
+        f"processes, {peer_text}this process driving them with one httpx.AsyncClient; {args.rounds} rotating "
+        f"rounds per cell, {n} COCO captions the router sends to the cloud at ρ = 1. Latency is client-side wall time "
+        "per request, response JSON parsed; CPU per request is the serving process tree's user+system time. The "
+        "machine has 2 cores shared with other work, so only ratios within this one run mean much.",
+        "",
+        table(HEADERS, rows, align="lrlrrrrrrrrl"),
+        "",
+        f"Router alone (encoder + head, `{args.router_runtime}`, one prompt, in the load process): p50 "
+        f"{ms(router_p50)} ms. At concurrency 1, router on costs the gateway "
+        + ", ".join(
+            f"{ms(cpu_per(runs['router on']) - cpu_per(runs['router off']))} ms ({side}×{side})"
+            for (side, c), runs in results.items()
+            if c == 1
+        )
+        + " more CPU per request than router off (compare the router alone above).",
+        "",
+        *notes,
+    ]
+    if peer:
+        lines += ["", "LiteLLM config (`litellm --config litellm.yaml --num_workers 1`, `LITELLM_LOG=ERROR`, a random "
+                  "master key as the bearer token):", "", "```yaml", litellm_config("http://127.0.0.1:PORT").rstrip(),
+                  "```"]  # fmt: skip
+    else:
+        lines += ["", "LiteLLM was not run (`--no-litellm`): no peer ratios."]
+    return "\n".join(lines)
+
+
+def cpu_per(run: Run) -> float:
+    return run.cpu_s / max(len(run.latencies) + run.errors, 1)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def cell_note(side: int, c: int, runs: dict[str, Run], added: dict[str, float], router_p50: float) -> str:
+    """One bullet: the added latencies and throughputs of this cell, checked against the targets of issue 13
+    that apply to it (ratios to LiteLLM in this run when it ran)."""
+    on, off = added["router on"], added["router off"]
+    rate = {s: r.rate for s, r in runs.items()}
+    parts = [f"added p50 router off **{ms(off)} ms**, router on **{ms(on)} ms**"]
+    if c == 1:
+        extra = on - off
+        parts.append(f"the router adds {ms(extra)} ms over router off against its own p50 {ms(router_p50)} ms "
+                     f"(target ≤ its p50 + 1 ms: {verdict(extra <= router_p50 + 1e-3)})")  # fmt: skip
+    if PEER in runs:
+        peer = added[PEER]
+        parts.append(f"LiteLLM adds **{ms(peer)} ms**: router on/LiteLLM **{on / peer:.2f}×**"
+                     + (f" (target ≤ 0.5: {verdict(on <= 0.5 * peer)})" if c == 1 else "")
+                     + f", router off/LiteLLM **{off / peer:.2f}×**"
+                     + (f" (target ≤ 0.3: {verdict(off <= 0.3 * peer)})" if side >= 512 else ""))  # fmt: skip
+        parts.append(
+            f"req/s router on **{rate['router on'] / rate[PEER]:.2f}×** LiteLLM's"
+            + (f" (target ≥ 1.5: {verdict(rate['router on'] >= 1.5 * rate[PEER])})" if c == 16 else "")
+        )
+    parts.append(
+        f"req/s router on **{rate['router on'] / rate['router off']:.2f}×** router off's"
+        + (f" (target ≥ 0.6: {verdict(rate['router on'] >= 0.6 * rate['router off'])})" if c == 16 else "")
+    )
+    return f"- {side}×{side}, concurrency {c}: " + "; ".join(parts) + "."
