@@ -18,7 +18,7 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used():
     cache = ScoreCache(3)
     for i in range(3):
         cache.put(f"p{i}", i / 10, {"m": i})
-    assert cache.get("p0") == (0.0, {"m": 0})  # p0 is now the most recent
+    assert cache.get("p0") == (0.0, {"m": 0}, "paper")  # p0 is now the most recent (and which head scored it)
     cache.put("p3", 0.3, {"m": 3})
     assert len(cache) == 3 and cache.get("p1") is None and cache.get("p0") is not None
     assert all(isinstance(k, bytes) and len(k) == 16 for k in cache._items)  # hashes, never the prompt text
