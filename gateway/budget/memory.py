@@ -28,6 +28,15 @@ from gateway.budget.store import (
 log = logging.getLogger("routet2i.budget")
 
 
+def file_stamp(path: Path | None) -> tuple[int, int] | None:
+    """(mtime ns, size) of a file another process may rewrite, None while it is missing: cheap change detection."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_mtime_ns, st.st_size)
+
+
 @dataclass
 class _Entry:
     ticket: int
@@ -70,7 +79,7 @@ class InMemoryBudgetStore:
             check_writable(self._path)
         if self._path is not None and self._path.exists():
             self._settings = self._read_state(self._path)
-            self._stamp = self._file_stamp()
+            self._stamp = file_stamp(self._path)
         self._scores: deque[float] = deque()
         self._sorted: list[float] = []
         self._decisions: deque[_Entry] = deque()
@@ -98,18 +107,11 @@ class InMemoryBudgetStore:
         except ValueError as exc:
             raise BudgetStateError(f"{path}: {exc}; fix the file or delete it") from exc
 
-    def _file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = self._path.stat() if self._path is not None else None
-        except OSError:
-            return None
-        return None if st is None else (st.st_mtime_ns, st.st_size)
-
     def _follow_file(self) -> None:
         """Adopt a state file another process wrote (an admin change through another worker)."""
         if self._path is None:
             return
-        stamp = self._file_stamp()
+        stamp = file_stamp(self._path)
         if stamp is None or stamp == self._stamp:
             return
         self._stamp = stamp
@@ -134,7 +136,7 @@ class InMemoryBudgetStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._stamp = self._file_stamp()
+        self._stamp = file_stamp(self._path)
 
     def settings(self) -> BudgetSettings:
         with self._lock:

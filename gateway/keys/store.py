@@ -16,6 +16,7 @@ from typing import Protocol
 
 import redis
 
+from gateway.budget.memory import file_stamp
 from gateway.keys.model import ApiKey, hash_key
 
 log = logging.getLogger("routet2i.keys")
@@ -48,15 +49,8 @@ class MemoryKeyStore:
         self._stamp: tuple[int, int] | None = None
         self._follow()
 
-    def _file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = self._path.stat() if self._path is not None else None
-        except OSError:
-            return None
-        return None if st is None else (st.st_mtime_ns, st.st_size)
-
     def _follow(self) -> None:
-        stamp = self._file_stamp()
+        stamp = file_stamp(self._path)
         if stamp is None or stamp == self._stamp:
             return
         data = json.loads(self._path.read_text(encoding="utf-8"))  # type: ignore[union-attr]
@@ -79,7 +73,7 @@ class MemoryKeyStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._stamp = self._file_stamp()
+        self._stamp = file_stamp(self._path)
 
     def by_hash(self, key_sha256: str) -> ApiKey | None:
         with self._lock:

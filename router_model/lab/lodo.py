@@ -22,8 +22,16 @@ import torch
 from router_model.features import FEATURE_NAMES
 from router_model.lab.delta_p import curve_auc, delta_p_curve, rho_grid
 from router_model.lab.evaluate import prompt_tiebreak
-from router_model.lab.ratings import NATURAL_PAIRS, Pair, RatedPrompt, load_shared, prompt_key, to_pair_examples
-from router_model.lab.train_multi import PromptInputs, build_targets, fit_ridge, train_multi
+from router_model.lab.ratings import (
+    NATURAL_PAIRS,
+    Pair,
+    RatedPrompt,
+    distinct_prompts,
+    load_shared,
+    prompt_key,
+    to_pair_examples,
+)
+from router_model.lab.train_multi import PromptInputs, build_targets, fit_ridge, pair_ridge, train_multi
 from router_model.multi_router import MultiRouterConfig
 
 RHOS = rho_grid()
@@ -33,12 +41,7 @@ Scorer = Callable[[dict[str, list[RatedPrompt]], list[str], Pair], tuple[np.ndar
 def load_inputs(data: str, cache: str) -> PromptInputs:
     from router_model.lab.cache import cached_inputs
 
-    sets = load_shared(data)
-    keys: dict[str, str] = {}
-    for items in sets.values():
-        for it in items:
-            keys.setdefault(it.key, it.prompt)
-    prompts = sorted(keys.values(), key=prompt_key)
+    prompts = distinct_prompts(load_shared(data))
     d = cached_inputs(prompts, cache)
     return PromptInputs(d["features"], d["pooled"], d["tokens"], {prompt_key(p): i for i, p in enumerate(prompts)})
 
@@ -68,17 +71,8 @@ def _ridge(inputs: PromptInputs, use_emb: bool, alpha: float, pairs_mode: str = 
     def build(train):
         t = _fit_once(("targets", pairs_mode), train, lambda: build_targets(train, inputs, pairs_mode))
         x_all = np.concatenate([inputs.features, inputs.pooled], 1) if use_emb else inputs.features
-        x = x_all[t.pair_row]
-        mu, sd = x.mean(0), np.maximum(x.std(0), 1e-6)
-        xs = (x - mu) / sd
-        w = t.pair_w / t.pair_w.sum()
-        # weighted ridge with an intercept per training pair (like the torch model's pair biases)
-        onehot = np.zeros((len(xs), t.n_pair_bias))
-        onehot[np.arange(len(xs)), t.pair_bias] = 1.0
-        a = np.concatenate([xs, onehot], 1)
-        reg = np.r_[np.full(xs.shape[1], alpha), np.zeros(t.n_pair_bias)]  # in units of the standardised covariance
-        coef = np.linalg.solve(a.T @ (a * w[:, None]) + np.diag(reg) + 1e-9 * np.eye(a.shape[1]), a.T @ (w * t.pair_y))
-        return x_all, mu, sd, coef[: xs.shape[1]]
+        mu, sd, beta = pair_ridge(x_all, t, alpha)
+        return x_all, mu, sd, beta
 
     def fit(train, prompts, pair):
         x_all, mu, sd, beta = _fit_once(("ridge", use_emb, alpha, pairs_mode), train, lambda: build(train))

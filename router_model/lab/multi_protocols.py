@@ -25,7 +25,15 @@ from router_model.features import FEATURE_NAMES
 from router_model.lab.delta_p import curve_auc, delta_p_curve, rho_grid, rho_key
 from router_model.lab.evaluate import prompt_tiebreak
 from router_model.lab.markdown import table
-from router_model.lab.ratings import NATURAL_PAIRS, Pair, RatedPrompt, load_shared, prompt_key, to_pair_examples
+from router_model.lab.ratings import (
+    NATURAL_PAIRS,
+    Pair,
+    RatedPrompt,
+    distinct_prompts,
+    load_shared,
+    prompt_key,
+    to_pair_examples,
+)
 from router_model.lab.train_multi import PromptInputs, fit_ridge
 from router_model.multi_router import MultiRouter
 
@@ -54,11 +62,7 @@ def shared_inputs(
     from router_model.lab.cache import cached_inputs
 
     sets = load_shared(data_dir)
-    texts: dict[str, str] = {}
-    for items in sets.values():
-        for it in items:
-            texts.setdefault(it.key, it.prompt)
-    prompts = sorted(texts.values(), key=prompt_key)
+    prompts = distinct_prompts(sets)
     path = cache_file(cache_dir, prompts)
     if not path.exists():
         log(f"encoding {len(prompts)} prompts once (cached in {path})")

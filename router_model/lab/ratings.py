@@ -156,6 +156,15 @@ def dataset_name(path: Path) -> str:
     return name
 
 
+def distinct_prompts(sets: dict[str, Sequence[RatedPrompt]]) -> list[str]:
+    """Each normalised prompt of the sets once (its first spelling), in a stable order: what gets encoded."""
+    texts: dict[str, str] = {}
+    for items in sets.values():
+        for it in items:
+            texts.setdefault(it.key, it.prompt)
+    return sorted(texts.values(), key=prompt_key)
+
+
 def load_shared(root: str | Path) -> dict[str, list[RatedPrompt]]:
     """Every rated set under the shared data folder, by dataset name."""
     root = Path(root)

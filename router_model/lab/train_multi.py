@@ -245,6 +245,22 @@ def train_on_sets(
     raise ValueError(f"design must be 'ridge' or 'irt', got {design!r}")
 
 
+def pair_ridge(x_all: np.ndarray, t: Targets, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, std, coefficients) of the weighted ridge of the training pairs' oriented gaps on standardised
+    inputs, with one unpenalised intercept per training pair (like the torch model's pair biases); `alpha`
+    is in units of the standardised covariance."""
+    x = x_all[t.pair_row]
+    mu, sd = x.mean(0), np.maximum(x.std(0), 1e-6)
+    xs = (x - mu) / sd
+    w = t.pair_w / t.pair_w.sum()
+    onehot = np.zeros((len(xs), t.n_pair_bias))
+    onehot[np.arange(len(xs)), t.pair_bias] = 1.0
+    a = np.concatenate([xs, onehot], 1)
+    reg = np.r_[np.full(xs.shape[1], alpha), np.zeros(t.n_pair_bias)]
+    coef = np.linalg.solve(a.T @ (a * w[:, None]) + np.diag(reg) + 1e-9 * np.eye(a.shape[1]), a.T @ (w * t.pair_y))
+    return mu, sd, coef[: xs.shape[1]]
+
+
 def fit_ridge(
     sets: dict[str, Sequence[RatedPrompt]],
     inputs: PromptInputs,
@@ -263,15 +279,7 @@ def fit_ridge(
     t = targets if targets is not None else build_targets(sets, inputs, pairs_mode)
     feats = inputs.features[:, [FEATURE_NAMES.index(n) for n in feature_names]]
     x_all = np.concatenate([feats, inputs.pooled], 1) if use_embedding else feats
-    x = x_all[t.pair_row]
-    mu, sd = x.mean(0), np.maximum(x.std(0), 1e-6)
-    xs = (x - mu) / sd
-    w = t.pair_w / t.pair_w.sum()
-    onehot = np.zeros((len(xs), t.n_pair_bias))
-    onehot[np.arange(len(xs)), t.pair_bias] = 1.0
-    a = np.concatenate([xs, onehot], 1)
-    reg = np.r_[np.full(xs.shape[1], alpha), np.zeros(t.n_pair_bias)]
-    coef = np.linalg.solve(a.T @ (a * w[:, None]) + np.diag(reg) + 1e-9 * np.eye(a.shape[1]), a.T @ (w * t.pair_y))
+    mu, sd, beta = pair_ridge(x_all, t, alpha)
     rows = np.unique(np.r_[t.pair_row, t.cell_row])
     log_tok = np.log1p(inputs.tokens[rows])
     config = MultiRouterConfig(
@@ -290,7 +298,7 @@ def fit_ridge(
     )
     model = MultiRouter(config)
     with torch.no_grad():
-        model.tower[0].weight.copy_(torch.as_tensor(coef[: xs.shape[1]], dtype=torch.float32)[None, :])
+        model.tower[0].weight.copy_(torch.as_tensor(beta, dtype=torch.float32)[None, :])
         model.tower[0].bias.zero_()
         model.generic.fill_(1.0)
         th = model.theta(torch.as_tensor(x_all[rows], dtype=torch.float32))
