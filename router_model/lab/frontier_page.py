@@ -186,25 +186,22 @@ Margins are taken at matched costs: each curve is read at a budget by linear int
 envelope (a mix of two operating points costs their mean), holding its best point beyond its dearest one;
 the grid spans the two curves' common budgets. CIs resample the test prompts with the predictions fixed.
 
-## Reading (seed 0; the tables below are regenerated, this paragraph is not)
+## Reading (the tables below are regenerated; this paragraph is fixed text and quotes no number)
 
-- **N-arm vs the best two-arm router: a tie.** The mean margin at matched costs is within ±0.01 quality
-  units on every set, its CI covering 0 except on CEMS (−0.004 [−0.013, −0.001]); the two-arm bar is an
-  envelope over 6–45 pairs chosen with the test labels, so a tie is what an unbiased N-arm router with the
-  same predictor can be expected to show. The issue's target "N-arm ≥ two-arm at every cost" is **not shown**.
-- **N-arm vs the length policy:** far above on AGIQA-3K and AIGCIQA2023 (the cheapest arm there is a GAN that
-  the length policy must use), above on CEMS (+0.043 [0.032, 0.058]); on GenAI-Bench, where the cheapest arm
-  (SDXL-Turbo) is good, the length policy is as good (−0.015 [−0.058, 0.043]): not shown either.
-- **N-arm vs single models at their own cost:** never worse by more than 0.017 (CEMS); by construction its
-  dearest point (λ = 0) is close to the best model, its cheapest point is the cheapest model.
-- **The headroom is large and the predictor is the bottleneck.** The oracle reaches DALL-E 3's mean quality on
-  GenAI-Bench at about 5% of its cost; the out-of-fold predicted gap cheapest→best correlates with
-  the true gap at only 0.12 there (prompt length: 0.16). Tried and within noise of the numbers below:
-  IRT rank 2 / 8 / 16, L2 1e-3…1e-1, one shrinkage slope per model, adding the other shared sets
-  (AIGIQA-20K, AGIQA-3K, GenEval, AIGCIQA2023) as `--train` (gap correlation 0.22, margins unchanged).
-- The plotted `n_arm` line is the raw λ sweep (it dips below SDXL-Turbo at the cheap end where the predictor
-  sends prompts to a worse arm); margins read every curve on its upper envelope. Percentile CIs of a
-  non-smooth statistic (a worst case, an envelope) can exclude their own point estimate.
+- **N-arm vs the best two-arm router: a tie** (see the margins table). The two-arm bar is an envelope over
+  every pair, chosen with the test labels, so a tie is what an unbiased N-arm router with the same predictor
+  can be expected to show. The issue's target "N-arm ≥ two-arm at every cost" is **not shown**.
+- **N-arm vs the length policy:** ahead where the cheapest arm is weak (a GAN on AGIQA-3K and AIGCIQA2023,
+  which the length policy must use) and on CEMS; on GenAI-Bench, where the cheapest arm (SDXL-Turbo) is good,
+  the length policy is as good: not shown either.
+- **N-arm vs single models at their own cost:** close to each; by construction its dearest point (λ = 0) is
+  near the best model and its cheapest point is the cheapest model.
+- **The headroom is large and the predictor is the bottleneck:** the oracle curve sits far above every
+  learned policy. IRT ranks 2 / 8 / 16, L2 1e-3…1e-1, a shrinkage slope per model and extra `--train` sets
+  were tried during development and did not move the margins beyond their CIs.
+- The plotted `n_arm` line is the raw λ sweep (it can dip below a single model at the cheap end where the
+  predictor sends prompts to a worse arm); margins read every curve on its upper envelope. Percentile CIs of
+  a non-smooth statistic (a worst case, an envelope) can exclude their own point estimate.
 
 ## Prices
 
