@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from router_model.encoder import DEFAULT_ENCODER, TextEncoder, TokenStates, pick_device
+from router_model.prior import FeaturePrior
 from router_model.prs import PRSStats
 
 CONFIG_NAME = "config.json"
@@ -64,6 +65,11 @@ class RouterConfig:
     max_length: int = 77
     prs_stats: dict[str, Any] | None = None
     encoder_finetuned: bool = False
+    # the cheap-feature prior (router_model/prior.py): fitted by training when use_prior, None in old checkpoints
+    use_prior: bool = True
+    prior_alpha: float = 1.0
+    residual_scale: float = 0.25  # γ: the tower's weight on top of the prior at scoring time (training uses 1)
+    prior: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("top_k", "low_rank", "hidden", "max_length", "members"):
@@ -71,6 +77,8 @@ class RouterConfig:
                 raise ValueError(f"RouterConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"RouterConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.residual_scale < 0 or self.prior_alpha < 0:
+            raise ValueError("RouterConfig.residual_scale and prior_alpha must be >= 0")
         if self.prs_stats is not None and not self.metrics:
             self.metrics = list(self.prs_stats["metrics"])
         if self.prs_stats is not None and list(self.prs_stats["metrics"]) != list(self.metrics):
@@ -148,6 +156,7 @@ class RouteT2IRouter(nn.Module):
         k = config.num_experts
         weights = stats.weights if (stats is not None and config.multi_metric) else [1.0 / k] * k
         self.register_buffer("metric_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+        self.prior = FeaturePrior.from_dict(config.prior) if config.prior is not None else None
         self.members: nn.ModuleList | None = None
         if config.members > 1:
             single = dataclasses.replace(config, members=1)
@@ -164,7 +173,9 @@ class RouteT2IRouter(nn.Module):
             self.proj_neg = nn.Parameter(torch.randn(k, d, rank) * std_p)
         self.scoring = nn.Parameter(torch.randn(k, rank, h) / math.sqrt(rank))
         self.scoring_bias = nn.Parameter(torch.zeros(k, h))
-        self.head_weight = nn.Parameter(torch.randn(k, h) / math.sqrt(h))
+        # with a prior the tower starts at zero: the untrained router is the prior (what the heuristics know)
+        head_init = torch.zeros(k, h) if self.prior is not None else torch.randn(k, h) / math.sqrt(h)
+        self.head_weight = nn.Parameter(head_init)
         self.head_bias = nn.Parameter(torch.zeros(k))
 
     @classmethod
@@ -209,8 +220,17 @@ class RouteT2IRouter(nn.Module):
         weights = affinity * selected
         return weights / weights.sum(1, keepdim=True).clamp_min(1e-12), selected
 
-    def logits(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-head logits [B, k] (σ of these is D̂; for an ensemble, the logit of the members' mean D̂)."""
+    def logits(
+        self,
+        states: torch.Tensor,
+        mask: torch.Tensor,
+        features: torch.Tensor | None = None,
+        residual_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Per-head logits [B, k] (σ of these is D̂; for an ensemble, the logit of the members' mean D̂).
+
+        With a prior: prior logits from `features` (`prior.text_features` of the prompts) and the mask, plus
+        `residual_scale` (default the config's γ; training passes 1) × the tower's logits."""
         if states.dim() != 3 or mask.shape != states.shape[:2]:
             raise ValueError(
                 f"expected states [B, n, d] and mask [B, n], got {tuple(states.shape)}, {tuple(mask.shape)}"
@@ -221,8 +241,12 @@ class RouteT2IRouter(nn.Module):
                 f"use the encoder it was trained with ({self.config.encoder})"
             )
         if self.members is not None:
-            d_hat = torch.stack([torch.sigmoid(m.logits(states, mask)) for m in self.members]).mean(0)
+            d_hat = torch.stack(
+                [torch.sigmoid(m.logits(states, mask, features, residual_scale)) for m in self.members]
+            ).mean(0)
             return torch.logit(d_hat.clamp(1e-7, 1 - 1e-7))
+        if self.prior is not None and features is None:
+            raise ValueError("this router has a feature prior: pass features=router.prior.text_features(prompts)")
         mask = mask.bool()
         states = self.norm(states.masked_fill(~mask.unsqueeze(-1), 0.0))
         weights, _ = self.gate(states, mask)
@@ -231,15 +255,27 @@ class RouteT2IRouter(nn.Module):
             score = score - torch.einsum("bnd,kdl->bnkl", self.dropout(states), self.proj_neg)
         tokens = torch.sigmoid(torch.einsum("bnkl,klh->bnkh", score, self.scoring) + self.scoring_bias)
         pooled = self.dropout(torch.einsum("bnk,bnkh->bkh", weights, tokens))
-        return torch.einsum("bkh,kh->bk", pooled, self.head_weight) + self.head_bias
+        tower = torch.einsum("bkh,kh->bk", pooled, self.head_weight) + self.head_bias
+        if self.prior is None:
+            return tower
+        scale = self.config.residual_scale if residual_scale is None else residual_scale
+        return self.prior.logits(features, mask) + scale * tower
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, states: torch.Tensor, mask: torch.Tensor, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(D̂ [B, k], PRŜ [B]), both in (0, 1)."""
         if self.members is not None:
-            d_hat = torch.stack([m(states, mask)[0] for m in self.members]).mean(0)
+            d_hat = torch.stack([m(states, mask, features)[0] for m in self.members]).mean(0)
             return d_hat, d_hat @ self.metric_weights
-        d_hat = torch.sigmoid(self.logits(states, mask))
+        d_hat = torch.sigmoid(self.logits(states, mask, features))
         return d_hat, d_hat @ self.metric_weights
+
+    def prior_features(self, prompts: Sequence[str]) -> torch.Tensor | None:
+        """The prior's text features of `prompts` on the router's device (None without a prior)."""
+        if self.prior is None:
+            return None
+        return torch.from_numpy(self.prior.text_features(prompts)).to(self.device)
 
     # ------------------------------------------------------------------ prompts in, scores out
 
@@ -261,13 +297,21 @@ class RouteT2IRouter(nn.Module):
         self._encoder = encoder
 
     @torch.inference_mode()
-    def score_states(self, token_states: TokenStates, batch_size: int = 256) -> RouterScores:
-        """Scores for pre-encoded prompts (the evaluator encodes a dataset once)."""
+    def score_states(
+        self, token_states: TokenStates, batch_size: int = 256, prompts: Sequence[str] | None = None
+    ) -> RouterScores:
+        """Scores for pre-encoded prompts (the evaluator encodes a dataset once); a router with a prior also
+        needs the `prompts` (its text features)."""
         self.eval()
+        if self.prior is not None and (prompts is None or len(prompts) != len(token_states)):
+            raise ValueError("this router has a feature prior: pass the prompts of the token states")
+        features = self.prior_features(prompts) if self.prior is not None else None
         d_parts, p_parts = [], []
         for start in range(0, len(token_states), batch_size):
-            part = token_states.subset(range(start, min(start + batch_size, len(token_states))))
-            d_hat, prs_hat = self(part.states.to(self.device), part.mask.to(self.device))
+            rows = range(start, min(start + batch_size, len(token_states)))
+            part = token_states.subset(rows)
+            part_features = features[start : rows.stop] if features is not None else None
+            d_hat, prs_hat = self(part.states.to(self.device), part.mask.to(self.device), part_features)
             d_parts.append(d_hat.float().cpu())
             p_parts.append(prs_hat.float().cpu())
         if not p_parts:
@@ -284,7 +328,9 @@ class RouteT2IRouter(nn.Module):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             states = self.encoder.forward_tokens(self.encoder.tokenize(chunk))
-            d_hat, prs_hat = self(states.states.to(self.device), states.mask.to(self.device))
+            d_hat, prs_hat = self(
+                states.states.to(self.device), states.mask.to(self.device), self.prior_features(chunk)
+            )
             d_parts.append(d_hat.float().cpu())
             p_parts.append(prs_hat.float().cpu())
         if not p_parts:

@@ -85,26 +85,36 @@ class _Graph(torch.nn.Module):
         for head in self.router.members if self.router.members is not None else [self.router]:
             head.gate = types.MethodType(_traceable_gate, head)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.router(states, attention_mask.bool())
+        return self.router(states, attention_mask.bool(), features)
 
 
 def export_onnx(router: RouteT2IRouter, path: Path) -> Path:
-    """Write the float32 router graph (input_ids, attention_mask → d_hat, prs) to `path`."""
-    sample = router.encoder.tokenizer(["a photo of a cat sitting on a mat by the window"], return_tensors="pt")
+    """Write the float32 router graph (input_ids, attention_mask[, features] → d_hat, prs) to `path`; a router
+    with a prior takes its text features (`prior.text_features`) as a third input."""
+    text = ["a photo of a cat sitting on a mat by the window"]
+    sample = router.encoder.tokenizer(text, return_tensors="pt")
     ids, mask = _pad(sample["input_ids"].numpy(), sample["attention_mask"].numpy(), router.config.top_k)
+    inputs: tuple[torch.Tensor, ...] = (torch.from_numpy(ids), torch.from_numpy(mask))
+    names = ["input_ids", "attention_mask"]
+    if router.prior is not None:
+        inputs += (torch.from_numpy(router.prior.text_features(text)),)
+        names.append("features")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
-            "d_hat": {0: "batch"}, "prs": {0: "batch"}}  # fmt: skip
+            "features": {0: "batch"}, "d_hat": {0: "batch"}, "prs": {0: "batch"}}  # fmt: skip
     import warnings
 
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints: fixed by padding to top_k
         torch.onnx.export(
-            _Graph(router), (torch.from_numpy(ids), torch.from_numpy(mask)), str(tmp),
-            input_names=["input_ids", "attention_mask"], output_names=["d_hat", "prs"], dynamic_axes=axes,
+            _Graph(router), inputs, str(tmp),
+            input_names=names, output_names=["d_hat", "prs"],
+            dynamic_axes={k: axes[k] for k in [*names, "d_hat", "prs"]},
             opset_version=17, dynamo=False,
         )  # fmt: skip
     tmp.replace(path)
@@ -154,6 +164,7 @@ class OnnxRouter:
         import onnxruntime as ort
 
         self.config = router.config
+        self.prior = router.prior
         self.tokenizer, self.max_length = router.encoder.tokenizer, router.encoder.max_length
         self.model_path = onnx_model_path(router, int8=int8)
         options = ort.SessionOptions()
@@ -176,7 +187,10 @@ class OnnxRouter:
                 return_tensors="np", return_token_type_ids=False,
             )  # fmt: skip
             ids, mask = _pad(batch["input_ids"], batch["attention_mask"], self.config.top_k)
-            d_hat, prs = self.session.run(["d_hat", "prs"], {"input_ids": ids, "attention_mask": mask})
+            feed = {"input_ids": ids, "attention_mask": mask}
+            if self.prior is not None:
+                feed["features"] = self.prior.text_features(prompts[start : start + batch_size])
+            d_hat, prs = self.session.run(["d_hat", "prs"], feed)
             d_parts.append(d_hat)
             p_parts.append(prs)
         if not p_parts:

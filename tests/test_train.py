@@ -252,7 +252,8 @@ def test_ensemble_members_use_disjoint_validation_folds_and_average(encoder, tmp
     scores = router.score([ex.prompt for ex in held_out])
     red = np.array(["red" in ex.prompt for ex in held_out])
     assert scores.prs[red].max() < scores.prs[~red].min()
-    member_prs = [m.score_states(encoder.encode([ex.prompt for ex in held_out])).prs for m in router.members]
+    texts = [ex.prompt for ex in held_out]
+    member_prs = [m.score_states(encoder.encode(texts), prompts=texts).prs for m in router.members]
     np.testing.assert_allclose(scores.prs, np.mean(member_prs, axis=0), atol=1e-6)
 
     out = router.save_pretrained(tmp_path / "ensemble")

@@ -356,7 +356,7 @@ class RouteT2IMethod(BaseRouter):
         if self.checkpoint is not None or states is None:
             scores = self.router.score([ex.prompt for ex in examples])
         else:
-            scores = self.router.score_states(states)
+            scores = self.router.score_states(states, prompts=[ex.prompt for ex in examples])
         return 1.0 - np.asarray(scores.prs, dtype=np.float64)
 
 

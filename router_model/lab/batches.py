@@ -63,9 +63,13 @@ class Batches:
     distances: torch.Tensor
     prs: torch.Tensor
     states: TokenStates | None
+    features: torch.Tensor | None = None  # the prior's text features (None: the router has no prior)
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def features_of(self, index: Sequence[int]) -> torch.Tensor | None:
+        return self.features[index] if self.features is not None else None
 
     def inputs(self, index: Sequence[int], encoder: TextEncoder | None, device: torch.device) -> TokenStates:
         if self.states is not None:

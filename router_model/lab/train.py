@@ -14,6 +14,7 @@ trains M − 1 or M members, and no single noisy validation split decides the mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from router_model.encoder import TextEncoder, TokenStates
+from router_model.lab.batches import resolve_stats
 from router_model.lab.data import DatasetError, RoutingExample, check_consistent
 from router_model.lab.ensemble import train_ensemble
+from router_model.lab.prior_fit import fit_prior
 from router_model.lab.train_loop import fit_single
 from router_model.model import RouterConfig, RouteT2IRouter
 from router_model.prs import PRSStats
@@ -75,7 +78,8 @@ def train_router(
         raise ValueError(f"select_by must be 'spearman' or 'loss', got {select_by!r}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    members = config.members if config is not None else RouterConfig.members
+    config, token_states = with_prior(train, config, stats, encoder, token_states, finetune_encoder)
+    members = config.members
     if members > 1:
         if finetune_encoder:
             raise ValueError(
@@ -129,6 +133,35 @@ def train_router(
         val_fold=val_fold,
         started=started,
     )
+
+
+def with_prior(
+    train: list[RoutingExample],
+    config: RouterConfig | None,
+    stats: PRSStats | None,
+    encoder: TextEncoder | None,
+    token_states: TokenStates | None,
+    finetune_encoder: bool,
+) -> tuple[RouterConfig, TokenStates | None]:
+    """The config with its cheap-feature prior fitted on `train` (when `use_prior` and none is given yet).
+
+    The prior reads the encoder's real-token count, so the prompts are tokenised (or encoded once, when the
+    encoder is frozen: the token states are then handed on to training instead of being computed again)."""
+    stats = resolve_stats(train, stats, config)
+    config = dataclasses.replace(config) if config is not None else RouterConfig(metrics=list(stats.metrics))
+    if not config.use_prior or config.prior is not None:
+        return config, token_states
+    prompts = [ex.prompt for ex in train]
+    if token_states is None:
+        encoder = encoder or TextEncoder(config.encoder, max_length=config.max_length)
+        if finetune_encoder:
+            counts = encoder.tokenize(prompts)["attention_mask"].sum(1).cpu().numpy()
+        else:
+            token_states = encoder.encode(prompts)
+    if token_states is not None:
+        counts = token_states.mask.sum(1).numpy()
+    config.prior = fit_prior(train, counts, stats, alpha=config.prior_alpha, multi_metric=config.multi_metric).to_dict()
+    return config, token_states
 
 
 def save_training_summary(summary: dict[str, Any] | RouteT2IRouter, path: str | Path) -> Path:

@@ -17,6 +17,7 @@ from router_model.lab.batches import Batches, prs_targets, resolve_stats, single
 from router_model.lab.data import RoutingExample
 from router_model.lab.losses import router_loss, spearman
 from router_model.model import RouterConfig, RouteT2IRouter
+from router_model.prior import FeaturePrior
 from router_model.prs import PRSStats
 
 
@@ -35,7 +36,7 @@ def validate(
         for start in range(0, len(data), batch_size):
             index = list(range(start, min(start + batch_size, len(data))))
             x = data.inputs(index, encoder, device)
-            logits = router.logits(x.states, x.mask)
+            logits = router.logits(x.states, x.mask, data.features_of(index), residual_scale=1.0)
             prs_hat = torch.sigmoid(logits) @ router.metric_weights
             loss = router_loss(
                 logits,
@@ -96,12 +97,18 @@ def fit_single(
     distances, prs = prs_targets(train, stats)
     fit_idx, val_idx = validation_split(train, val_fraction, seed, fold=val_fold)
 
+    prior_features = None
+    if config.prior is not None:
+        text = FeaturePrior.from_dict(config.prior).text_features([ex.prompt for ex in train])
+        prior_features = torch.from_numpy(text).to(run_device)
+
     def batches_for(index: list[int]) -> Batches:
         return Batches(
             prompts=[train[i].prompt for i in index],
             distances=torch.tensor(distances[index], dtype=torch.float32, device=run_device),
             prs=torch.tensor(prs[index], dtype=torch.float32, device=run_device),
             states=token_states.subset(index) if token_states is not None else None,
+            features=prior_features[index] if prior_features is not None else None,
         )
 
     fit_data, val_data = batches_for(fit_idx), batches_for(val_idx) if val_idx else None
@@ -131,7 +138,7 @@ def fit_single(
             for chunk in torch.randperm(len(fit_data), generator=generator).split(batch_size):
                 index = chunk.tolist()
                 x = fit_data.inputs(index, encoder if finetune_encoder else None, run_device)
-                logits = router.logits(x.states, x.mask)
+                logits = router.logits(x.states, x.mask, fit_data.features_of(index), residual_scale=1.0)
                 prs_hat = torch.sigmoid(logits) @ router.metric_weights
                 loss = router_loss(
                     logits,

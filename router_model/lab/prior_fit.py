@@ -1,0 +1,59 @@
+"""Fitting the router's cheap-feature prior (router_model/prior.py) on training examples: a closed-form ridge.
+
+Target per head i: the logit of the normalised distance D_i = σ((q_edge − q_cloud)/scale_i), i.e. the
+scaled quality difference itself, so prior and tower add up in the space the heads' sigmoid reads.
+`alpha` is the ridge strength per example on standardised features (alpha · n · I): at 1.0 the prior
+keeps the sign and rough size of what length and the markers predict on a few hundred prompts without
+chasing their noise (chosen with the residual scale by validation across pairs: docs/ROUTER_PRIOR.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from router_model.lab.data import RoutingExample, quality_arrays
+from router_model.prior import PRIOR_FEATURES, TOKENS, FeaturePrior
+from router_model.prs import PRSStats, normalized_distances, prs_from_distances
+
+
+def prior_inputs(prompts: Sequence[str], token_counts: Sequence[int] | np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """[N, F] raw prior features in `names` order (text features, then log1p of the real-token count)."""
+    probe = FeaturePrior(list(names), [0.0] * len(names), [1.0] * len(names), [[0.0] * len(names)], [0.0], 0.0)
+    columns = [probe.text_features(prompts).astype(np.float64)]
+    if TOKENS in names:
+        columns.append(np.log1p(np.asarray(token_counts, dtype=np.float64))[:, None])
+    return np.concatenate(columns, axis=1)
+
+
+def fit_prior(
+    examples: Sequence[RoutingExample],
+    token_counts: Sequence[int] | np.ndarray,
+    stats: PRSStats,
+    alpha: float = 1.0,
+    names: Sequence[str] = PRIOR_FEATURES,
+    multi_metric: bool = True,
+) -> FeaturePrior:
+    """Ridge of each head's distance logit on the standardised features of `examples` (one head on logit(PRS)
+    when `multi_metric` is off, as the ablated router has)."""
+    x = prior_inputs([ex.prompt for ex in examples], token_counts, names)
+    q_edge, q_cloud = quality_arrays(examples)
+    target = (q_edge - q_cloud) / np.asarray(stats.scale)  # [n, k]: logit of D_i
+    if not multi_metric:
+        prs = np.clip(prs_from_distances(normalized_distances(q_edge, q_cloud, stats), stats), 1e-4, 1 - 1e-4)
+        target = np.log(prs / (1 - prs))[:, None]
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    z = (x - mean) / scale
+    bias = target.mean(axis=0)
+    gram = z.T @ z + alpha * len(z) * np.eye(z.shape[1])
+    weight = np.linalg.solve(gram, z.T @ (target - bias)).T  # [k, F]
+    return FeaturePrior(
+        features=list(names),
+        mean=mean.tolist(),
+        scale=scale.tolist(),
+        weight=weight.tolist(),
+        bias=bias.tolist(),
+        alpha=float(alpha),
+    )
