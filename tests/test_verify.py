@@ -242,3 +242,15 @@ def test_verify_without_an_image_check_is_422_and_enabling_it_without_one_fails_
     settings = make_settings(models["edge"], tmp_path / "state.json", verify_enabled=True)
     with pytest.raises(ValueError, match="VERIFY_CLIP_MODEL"):
         create_app(settings, router=HashScorer())
+
+
+def test_the_demo_gets_the_tiny_clip_check(models, tmp_path):
+    from gateway.demo import demo_settings
+
+    base = make_settings(models["edge"], tmp_path / "state.json")
+    demo = demo_settings(base, "http://127.0.0.1:1", "token", models["edge"], clip=models["clip"])
+    assert (demo.verify_clip_model, demo.verify_threshold, demo.verify_enabled) == (str(models["clip"]), 0.0, False)
+    chosen = make_settings(models["edge"], tmp_path / "state.json", verify_threshold=0.05)
+    kept = demo_settings(chosen, "http://127.0.0.1:1", "token", models["edge"], clip=models["clip"])
+    assert kept.verify_threshold == 0.05
+    assert demo_settings(base, "http://127.0.0.1:1", "token", models["edge"]).verify_clip_model is None
