@@ -21,7 +21,8 @@ from backends.image_check import ClipImageCheck, score_images
 from demo.processes import free_port
 from demo.tiny import build_tiny_clip, build_tiny_sd3_pipeline, build_tiny_sd_pipeline
 from gateway.app import create_app
-from tests.servers import LiveServer
+from gateway.budget import BudgetController, BudgetSettings, InMemoryBudgetStore, RedisBudgetStore
+from tests.servers import LiveServer, RedisServer
 from tests.standins import HashScorer
 from tests.test_gateway import ADMIN, count_requests, make_settings, sample, scrape
 from tests.test_worker import TOKEN as WORKER_TOKEN
@@ -123,6 +124,33 @@ def test_clip_check_loads_a_saved_checkpoint_with_from_pretrained(models):
 
     with pytest.raises(OSError):
         ClipImageCheck(str(models["clip"] / "_tokenizer"), device="cpu")  # a tokenizer, no model weights
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
+def test_budget_escalate_is_a_counted_cloud_call_under_the_caps(tmp_path, shared):
+    """`BudgetController.escalate` in either store: a cloud entry of its own (reason "escalated") while the caps allow;
+    over the cost cap or the window cap, ("edge", "budget") and nothing counted."""
+    if shared:
+        server = RedisServer(tmp_path).start()
+        store = RedisBudgetStore.from_url(server.url, prefix="verify", initial=BudgetSettings(0.5, 2))
+    else:
+        server, store = None, InMemoryBudgetStore(0.5, cost_cap=2)
+    try:
+        budget = BudgetController(store, decision_window=10)
+        budget.force("edge")
+        kept = budget.escalate()
+        assert (kept.backend, kept.reason, kept.rho) == ("cloud", "escalated", 0.5) and kept.ticket is not None
+        assert [budget.escalate().backend, budget.escalate().backend] == ["cloud", "edge"]  # the cost cap: 2 a minute
+        state = budget.snapshot()
+        assert (state["decisions"], state["cloud_calls"], state["cloud_calls_last_minute"]) == (3, 2, 2)
+        budget.set_cost_cap(None)
+        budget.set_rho(0.0)
+        refused = budget.escalate()  # the window cap ⌊Σρᵢ⌋ = ⌊0.5 · 3⌋ = 1 < 2 + 1
+        assert (refused.backend, refused.reason, refused.ticket) == ("edge", "budget", None)
+        assert budget.snapshot()["decisions"] == 3
+    finally:
+        if server is not None:
+            server.stop()
 
 
 # ---- escalation ----------------------------------------------------------------------------------------------------
