@@ -10,7 +10,7 @@ from pathlib import Path
 
 from backends.worker import TOKEN_ENV
 from demo.processes import reap_when_exits, spawn, wait_until_ready
-from demo.tiny import build_tiny_sd3_pipeline, build_tiny_sd_pipeline
+from demo.tiny import build_tiny_clip, build_tiny_sd3_pipeline, build_tiny_sd_pipeline
 
 DEMO_DIR = Path(tempfile.gettempdir()) / "routet2i-demo-v2"  # bump when demo/tiny.py changes
 DEMO_STEPS = 4
@@ -24,6 +24,14 @@ def build_demo_models(directory: Path = DEMO_DIR) -> tuple[Path, Path]:
     if not (cloud / "model_index.json").exists():
         build_tiny_sd3_pipeline(cloud)
     return edge, cloud
+
+
+def build_demo_clip(directory: Path = DEMO_DIR) -> Path:
+    """The tiny random CLIP of the demo's image check (verify then escalate), built once and reused."""
+    clip = directory / "verify-tiny-clip"
+    if not (clip / "config.json").exists():
+        build_tiny_clip(clip)
+    return clip
 
 
 def launch_worker(model: Path, token: str, port: int) -> subprocess.Popen:

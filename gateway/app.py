@@ -22,6 +22,7 @@ from gateway.api.routes.jobs import job_executor
 from gateway.api.routes.ops import sample_gauges
 from gateway.budget import BudgetController, BudgetStore, FailoverBudgetStore, InMemoryBudgetStore, RedisBudgetStore
 from gateway.cache import build_cache
+from gateway.escalation import build_escalation
 from gateway.guard import RequestGuard
 from gateway.headers import SecurityHeaders
 from gateway.idempotency import build_idempotency
@@ -140,6 +141,7 @@ def create_app(
     metrics = GatewayMetrics()
     budget = build_budget(settings)
     cache = build_cache(settings, metrics)
+    escalation = build_escalation(settings, budget, metrics)
     if edge is None:
         edge, built_cloud = build_backends(settings)
         cloud = cloud if cloud is not None else built_cloud
@@ -154,10 +156,13 @@ def create_app(
         await scoring.start()
         if hasattr(edge, "load"):
             await edge.load()
+        if escalation is not None:
+            await escalation.load()
         app.state.gateway = Gateway(
             scoring=scoring, budget=budget, metrics=metrics, edge=edge, cloud=cloud, log_prompts=settings.log_prompts,
             max_compute_units=settings.max_compute_units, default_steps=settings.edge_default_steps,
             forced_cloud_may_exceed_rho=settings.forced_cloud_may_exceed_rho, cache=cache, arms=arm_ids(settings),
+            escalation=escalation,
         )  # fmt: skip
         app.state.jobs = build_job_runner(settings, job_executor(app))
         await app.state.jobs.start()

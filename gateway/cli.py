@@ -50,14 +50,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = None
     if args.demo:
         from demo.processes import free_port
-        from demo.stack import build_demo_models, start_worker
+        from demo.stack import build_demo_clip, build_demo_models, start_worker
         from gateway.demo import demo_settings
 
         print("demo: building tiny random pipelines offline (the images are noise; routing is real) ...")
         edge, cloud = build_demo_models()
         token, port = secrets.token_urlsafe(16), free_port()
         worker = start_worker(cloud, token, port)
-        settings = demo_settings(settings, f"http://127.0.0.1:{port}", token, edge)
+        settings = demo_settings(settings, f"http://127.0.0.1:{port}", token, edge, clip=build_demo_clip())
         print(f"demo: cloud worker (tiny SD3) on http://127.0.0.1:{port}")
         print(f"demo: admin token: {settings.admin_token.get_secret_value()}")
         print(f"demo: try  curl -s localhost:{args.port}/generate -H 'content-type: application/json' "

@@ -2,8 +2,8 @@
 
 One `GatewayMetrics` per app: tests and several apps in one process each pass (or get) their own
 `CollectorRegistry`, so collector names never clash. Labels are bounded: backend (edge, cloud, none),
-reason (model, budget, forced, private, fallback, cache, none), HTTP status code, backend error kind, budget
-store (memory, redis), cache result (hit, miss, bypass).
+reason (model, budget, forced, private, fallback, cache, escalated, none), HTTP status code, backend error kind, budget
+store (memory, redis), cache result (hit, miss, bypass), verify result (pass, escalated, capped, failed).
 
 Several worker processes (`uvicorn --workers N`): with PROMETHEUS_MULTIPROC_DIR set before the workers
 start, every collector writes to files there and `/metrics` from any worker reports all of them:
@@ -40,6 +40,8 @@ log = logging.getLogger("routet2i.metrics")
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 ROUTER_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+VERIFY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(-4, 11))  # CLIP cosine similarity
+VERIFY_RESULTS = ("pass", "escalated", "capped", "failed")
 
 
 class GatewayMetrics:
@@ -121,6 +123,17 @@ class GatewayMetrics:
             "routet2i_cache_bytes", "Image bytes in this process' in-memory cache (Redis entries not included).",
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.verify = Counter(
+            "routet2i_verify", "Edge images checked (verify-then-escalate): pass, escalated, capped (a cap or the "
+            "key's share kept the edge image), failed (the check or the escalation failed; the edge image served).",
+            ["result"], registry=r,
+        )  # fmt: skip
+        for result in VERIFY_RESULTS:
+            self.verify.labels(result=result)
+        self.verify_score = Histogram(
+            "routet2i_verify_score", "Image check score of edge images (the lowest of a request's images).",
+            buckets=VERIFY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.edge_queue_depth = Gauge(
             "routet2i_edge_queue_depth", "Requests waiting for or running on the edge pipeline.", registry=r,
             multiprocess_mode="livesum",
@@ -152,6 +165,12 @@ class GatewayMetrics:
         self.cost_cap_use.set(snapshot.get("cost_cap_use") or 0.0)
         if "store" in snapshot:
             self.store_up.labels(store=snapshot["store"]).set(1.0 if snapshot.get("store_up", True) else 0.0)
+
+    def observe_verify(self, result: str, score: float | None) -> None:
+        """One verified request: its outcome and (when the check ran) its score."""
+        self.verify.labels(result=result).inc()
+        if score is not None:
+            self.verify_score.observe(score)
 
     def backend_error(self, kind: str, backend: str = "unknown") -> None:
         self.backend_errors.labels(backend=backend, kind=kind).inc()

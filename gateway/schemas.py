@@ -76,6 +76,11 @@ class GenerateRequest(_Strict):
     cache: bool = Field(
         default=True, description="false: neither served from nor stored in the exact cache (seeded requests only)."
     )
+    verify: bool | None = Field(
+        default=None,
+        description="true: check the edge image and re-run on the cloud if it scores under the threshold; false: "
+        "don't; unset: the gateway's verify_enabled.",
+    )
     response_format: Literal["b64_json"] = "b64_json"
 
 
@@ -88,6 +93,14 @@ class RouteInfo(BaseModel):
     prs: float | None = Field(description="Predicted PRS of the edge over the cloud (None when not scored).")
     alpha: float | None
     rho: float
+    verified: bool = Field(default=False, description="The edge image was checked (verify then escalate).")
+    verify_score: float | None = Field(default=None, description="The check's score (lowest image), if it ran.")
+    escalated: bool = Field(default=False, description="Re-run on the cloud after the edge image failed the check.")
+    verify_result: Literal["pass", "escalated", "capped", "failed"] | None = Field(
+        default=None,
+        description="pass; escalated; capped: a cap or the key's share kept the edge image; failed: the check or the "
+        "escalation failed, the edge image served.",
+    )
 
 
 class ImageData(BaseModel):

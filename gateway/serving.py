@@ -26,6 +26,7 @@ from backends.base import (
 )
 from gateway.budget import BudgetController, Decision
 from gateway.cache import CachedImages, ImageCache
+from gateway.escalation import Escalation, Verdict
 from gateway.metrics import GatewayMetrics
 from gateway.routing import PromptScore, ScoringService
 
@@ -53,12 +54,14 @@ class ServeRequest:
     # the key may, counting the decision in the key's window. None: no per-key share.
     cloud_gate: Callable[[bool], bool] | None = None
     cache: bool = True  # False: neither served from nor stored in the exact cache
+    verify: bool | None = None  # verify then escalate (gateway/escalation.py); None: the gateway's default
 
 
 @dataclass
 class Served:
     result: GenerationResult
     route: Decision
+    verify: Verdict | None = None  # what verify-then-escalate did; None: not checked
 
 
 class Gateway:
@@ -76,6 +79,7 @@ class Gateway:
         forced_cloud_may_exceed_rho: bool = False,
         cache: ImageCache | None = None,
         arms: Mapping[str, str] | None = None,
+        escalation: Escalation | None = None,
     ):
         """`max_compute_units`: the most work one request may ask for (`backends.base.compute_units`, with
         `default_steps` for a request that leaves the steps to the backend); None: no limit.
@@ -88,6 +92,7 @@ class Gateway:
         self.forced_cloud_may_exceed_rho = forced_cloud_may_exceed_rho
         self.cache = cache
         self.arms = {"edge": "edge", "cloud": "cloud", **(arms or {})}
+        self.escalation = escalation
 
     async def score(self, prompt: str) -> PromptScore:
         score = await self.scoring.score(prompt)
@@ -107,11 +112,13 @@ class Gateway:
         route: Decision | None = None
         try:
             self._check_compute(request)
+            if job.verify and self.escalation is None:
+                raise GatewayError(422, "verify: this gateway has no image check (verify_clip_model)", kind="invalid")
             route, ticket = await self._decide(job)
             cached = self._cacheable(job)
             served = await self._from_cache(job, route, ticket) if cached else None
             if served is None:
-                served = await self._serve(request, route, ticket)
+                served = await self._verify(job, await self._serve(request, route, ticket))
                 if cached:
                     await self._to_cache(job, served)
         except (GatewayError, asyncio.CancelledError) as exc:
@@ -247,6 +254,15 @@ class Gateway:
                 503, f"the edge model failed: {exc}", retry_after=exc.retry_after or 5.0, kind=exc.kind
             )) from exc  # fmt: skip
         return Served(result, route)
+
+    async def _verify(self, job: ServeRequest, served: Served) -> Served:
+        """Verify then escalate (gateway/escalation.py); the next arm up is the cloud, none for a private prompt."""
+        fallback = None if job.private else self.cloud
+        if self.escalation is None or not self.escalation.wanted(job.verify, served.route, fallback):
+            return served
+        assert fallback is not None
+        run = self.escalation.run(job.generation, served.result, served.route, fallback=fallback, gate=job.cloud_gate)
+        return Served(*await run)
 
     def _fall_back(self, route: Decision, ticket: int | None) -> Decision:
         return self._count(replace(route, backend="edge", reason="fallback"), ticket, force=True)

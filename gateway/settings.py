@@ -91,6 +91,16 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(256 * 1024 * 1024, ge=0, description="Image bytes the in-memory cache holds (LRU).")
     cache_ttl_s: float = Field(86_400.0, gt=0, description="How long a cached image is served.")
 
+    # verify then escalate
+    verify_enabled: bool = Field(
+        False, description='Check edge images and re-run on the cloud under verify_threshold (per request: "verify").'
+    )
+    verify_threshold: float = Field(
+        0.2, ge=-1, le=1, description="CLIP image–text cosine similarity under which an edge image is escalated."
+    )
+    verify_clip_model: str | None = Field(None, description="CLIP checkpoint (path or hub id) of the image check.")
+    verify_device: str = Field("auto", description="Device of the image check (auto: CUDA if available).")
+
     # service
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin; unset = admin off.")
     require_api_key: bool = Field(False, description="Clients must send Authorization: Bearer <key> (401 if not).")

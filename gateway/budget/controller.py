@@ -142,6 +142,22 @@ class BudgetController:
         kept = self._commit(backend, "forced", None, now, enforce_caps=True, window_cap=not may_exceed_rho)
         return kept if kept.rho is not None else replace(kept, rho=self.store.settings().rho)
 
+    def escalate(self) -> Decision:
+        """A second, cloud call for a request the edge served already (verify-then-escalate), under the same hard
+        caps as any cloud call and counted as its own entry (reason "escalated"): ρ is a share of calls.
+        Refused: ("edge", "budget") and nothing counted (checked on the window as it stands, like `preview`; a
+        concurrent commit that still trips a cap is refused atomically and counted as that edge entry)."""
+        now = self.clock()
+        state = self.store.state(now)
+        if caps_refuse(
+            cloud=state.cloud, allowance_micro=state.allowance_micro, decisions=state.decisions,
+            decision_window=self.decision_window, rho=state.rho, cloud_last_minute=state.cloud_last_minute,
+            cost_cap=state.cost_cap,
+        ):  # fmt: skip
+            return Decision("edge", "budget", rho=state.rho)
+        kept = self._commit("cloud", "escalated", None, now, enforce_caps=True)
+        return kept if kept.rho is not None else replace(kept, rho=state.rho)
+
     def preview(self, prs: float, *, private: bool = False) -> Decision:
         """The decision a request with this score would get now, caps included, without counting it (POST /route).
 

@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol, get_args
 from gateway.budget.rules import window_cloud_limit
 
 Backend = Literal["edge", "cloud"]
-Reason = Literal["model", "budget", "forced", "private", "fallback", "cache"]
+Reason = Literal["model", "budget", "forced", "private", "fallback", "cache", "escalated"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 REASONS: tuple[str, ...] = get_args(Reason)
 COST_CAP_PERIOD_S = 60.0

@@ -53,12 +53,24 @@ def serve_request(body: GenerateRequest) -> ServeRequest:
         prompt=body.prompt, negative_prompt=body.negative_prompt, n=body.n, width=width, height=height,
         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale, seed=body.seed,
     )  # fmt: skip
-    return ServeRequest(generation, route=body.route, private=body.private, cache=body.cache)
+    return ServeRequest(generation, route=body.route, private=body.private, cache=body.cache, verify=body.verify)
 
 
 def route_headers(response: Response, served: Served) -> None:
     response.headers["X-Route-Backend"] = served.route.backend
     response.headers["X-Route-Reason"] = served.route.reason
+    if served.verify is not None:
+        response.headers["X-Route-Escalated"] = "true" if served.verify.escalated else "false"
+
+
+def route_info(served: Served) -> RouteInfo:
+    """The route of a served request, with what verify-then-escalate did (when it ran)."""
+    info = RouteInfo.model_validate(served.route)
+    verdict = served.verify
+    if verdict is None:
+        return info
+    update = {"verified": True, "verify_score": verdict.score, "escalated": verdict.escalated}
+    return info.model_copy(update={**update, "verify_result": verdict.result})
 
 
 async def images(served: Served) -> list[ImageData]:
@@ -80,7 +92,7 @@ async def generate_response(
     clients.served(client, served.route.backend, served.route.reason)
     return GenerateResponse(
         created=int(time.time()), data=await images(served), seed=served.result.seed,
-        route=RouteInfo.model_validate(served.route),
+        route=route_info(served),
     ), served  # fmt: skip
 
 
