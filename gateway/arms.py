@@ -154,7 +154,7 @@ def build_arm_backend(arm: ArmSpec, settings: Settings) -> ImageBackend:
     if arm.kind == "stability":
         model = arm.model or settings.stability_model
         if model not in ("sd3.5-large", "sd3.5-large-turbo", "sd3.5-medium"):
-            raise ValueError(f"arm {arm.name!r}: stability model must be sd3.5-large, sd3.5-large-turbo or sd3.5-medium")
+            raise ValueError(f"arm {arm.name!r}: stability model: sd3.5-large, sd3.5-large-turbo or sd3.5-medium")
         return StabilityCloudBackend(key, model=model, base_url=arm.url or settings.stability_base_url, **options)
     return OpenAICloudBackend(
         key, model=arm.model or settings.openai_model, base_url=arm.url or settings.openai_base_url, **options

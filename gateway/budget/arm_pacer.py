@@ -165,13 +165,15 @@ class ArmPacer:
         with self._lock:
             return self._append(arm, 1, self.clock(), quality, cost=cost)
 
-    def amend(self, ticket: int, arm: int, *, n: int = 1, quality: float | None = None) -> bool:
-        """Another arm served a counted request (fallback): its cost replaces the first one's. False when the
-        ticket has left the window (only the credit moves then)."""
+    def amend(
+        self, ticket: int, arm: int, *, n: int = 1, quality: float | None = None, cost: float | None = None
+    ) -> bool:
+        """Another arm served a counted request (a fallback), or nothing did (a cache hit: `cost` 0): its cost
+        replaces the first one's. False when the ticket has left the window (only the credit moves then)."""
         with self._lock:
-            cost = float(self.costs[arm] * n)
-            now = self.clock()
-            self._calls[arm].append(now)
+            cost = float(self.costs[arm] * n) if cost is None else float(cost)
+            if cost > 0:
+                self._calls[arm].append(self.clock())
             for entry in self._entries:
                 if entry.ticket == ticket:
                     moved = (entry.cost - cost) / self._budget if self._budget > 0 else 0.0

@@ -31,7 +31,9 @@ def arm_values(quality: Sequence[float], costs: Sequence[float], lam: float) -> 
     return np.asarray(quality, dtype=np.float64) - lam * np.asarray(costs, dtype=np.float64)
 
 
-def ranking(quality: Sequence[float], costs: Sequence[float], lam: float, allowed: Sequence[bool] | None = None) -> list[int]:
+def ranking(
+    quality: Sequence[float], costs: Sequence[float], lam: float, allowed: Sequence[bool] | None = None
+) -> list[int]:
     """Arm indices best first by q_a − λ·c_a (ties: the cheaper arm first), only those `allowed`."""
     values = arm_values(quality, costs, lam)
     order = np.lexsort((np.asarray(costs, dtype=np.float64), -values))  # last key primary: value desc, then cost
