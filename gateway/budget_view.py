@@ -50,5 +50,5 @@ class BudgetView:
 
     def set_cost_cap(self, cost_cap: int | None) -> None:
         if self.arm_set is not None:
-            raise ValueError("cost_cap_per_minute caps the two-arm cloud; with arms, set each arm's max_calls_per_minute")
+            raise ValueError("cost_cap_per_minute caps the two-arm cloud; with arms, set max_calls_per_minute per arm")
         self.budget.set_cost_cap(cost_cap)
