@@ -26,7 +26,11 @@ def stream(n: int, seed: int = 0) -> np.ndarray:
     p = rng.normal(size=n)
     drift = np.select([np.arange(n) < n // 3, np.arange(n) < 2 * n // 3], [0.0, 0.5], -0.3)
     return np.stack(
-        [0.5 + 0.1 * p, 0.65 + 0.15 * p + 0.05 * rng.normal(size=n), 0.8 + 0.3 * (p + drift) + 0.05 * rng.normal(size=n)],
+        [
+            0.5 + 0.1 * p,
+            0.65 + 0.15 * p + 0.05 * rng.normal(size=n),
+            0.8 + 0.3 * (p + drift) + 0.05 * rng.normal(size=n),
+        ],
         axis=1,
     )
 

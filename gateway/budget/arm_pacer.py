@@ -236,7 +236,7 @@ class ArmPacer:
                 per_arm.append({
                     "requests": len(mine),
                     "share": len(mine) / len(entries) if entries else None,
-                    "cost": sum(e.cost for e in mine),
+                    "spent": sum(e.cost for e in mine),  # over the decision window
                     "mean_quality": float(np.mean(scored)) if scored else None,
                     "calls_last_minute": len(self._prune_calls(a, now)),
                 })  # fmt: skip
