@@ -157,8 +157,8 @@ def create_app(
     arm_backends: dict[str, ImageBackend] = {}
     if settings.arms:
         arm_set = ArmSet.build(
-            settings.arms, cost_budget=settings.cost_budget, rho=settings.rho, cloud_model_id=settings.cloud_model_id,
-            decision_window=settings.decision_window,
+            settings.arms, cost_budget=settings.cost_budget, rho=budget.rho, cloud_model_id=settings.cloud_model_id,
+            decision_window=settings.decision_window, cost_cap=budget.store.settings().cost_cap,
         )  # fmt: skip
         given = dict(backends or {})
         arm_backends = {arm.name: given.get(arm.name) or build_arm_backend(arm, settings) for arm in settings.arms}

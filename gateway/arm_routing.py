@@ -44,14 +44,16 @@ class ArmSet:
     @classmethod
     def build(
         cls, arms: Sequence[ArmSpec], *, cost_budget: float | None, rho: float, cloud_model_id: str,
-        decision_window: int = 1000,
+        decision_window: int = 1000, cost_cap: int | None = None,
     ) -> ArmSet:  # fmt: skip
-        """The set with a fresh pacer; `cost_budget` unset: the cost ρ names (`pacing.rho_to_cost`)."""
+        """The set with a fresh pacer; `cost_budget` unset: the cost ρ names (`pacing.rho_to_cost`); `cost_cap`:
+        calls per minute over all remote arms together (the two-arm cost cap)."""
         costs = [arm.cost for arm in arms]
         budget = cost_budget if cost_budget is not None else pacing.rho_to_cost(rho, costs)
         pacer = ArmPacer(
             costs, budget=budget, decision_window=decision_window, score_window=decision_window,
-            caps=[arm.max_calls_per_minute for arm in arms],
+            caps=[arm.max_calls_per_minute for arm in arms], remote=[bool(arm.remote) for arm in arms],
+            remote_cap=cost_cap,
         )  # fmt: skip
         return cls(arms, pacer, cloud_model_id=cloud_model_id)
 

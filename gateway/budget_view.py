@@ -26,11 +26,12 @@ class BudgetView:
         if self.arm_set is None:
             return {**snap, "mode": "two-arm", **two_arm_summary(self.specs, snap["rho"])}
         live = self.arm_set.snapshot()
-        decisions = live["decisions"]
+        decisions, cap, minute = live["decisions"], self.arm_set.pacer.remote_cap, live["remote_calls_last_minute"]
         remote = sum(a["requests"] for a in live["arms"] if a["remote"])
         return {
             **snap, "mode": "arms", "rho": self.arm_set.rho, "alpha": None, "cloud_calls": remote,
-            "cloud_fraction": remote / decisions if decisions else None, **live,
+            "cloud_fraction": remote / decisions if decisions else None, "cost_cap": cap,
+            "cloud_calls_last_minute": minute, "cost_cap_use": minute / cap if cap else None, **live,
         }  # fmt: skip
 
     def set_rho(self, rho: float) -> None:
@@ -49,6 +50,7 @@ class BudgetView:
         self.budget.set_rho(pacing.cost_to_rho(cost_budget, self.costs) if len(self.costs) > 1 else 0.0)
 
     def set_cost_cap(self, cost_cap: int | None) -> None:
-        if self.arm_set is not None:
-            raise ValueError("cost_cap_per_minute caps the two-arm cloud; with arms, set max_calls_per_minute per arm")
+        """Two arms: the cloud's calls per minute. N arms: the calls per minute of all remote arms together."""
         self.budget.set_cost_cap(cost_cap)
+        if self.arm_set is not None:
+            self.arm_set.pacer.remote_cap = cost_cap

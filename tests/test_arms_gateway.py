@@ -143,7 +143,12 @@ def test_three_arms_route_by_the_rule_and_obey_a_budget_change(http, worker):
     assert put_budget(http, rho=0.5).json()["cost_budget"] == pytest.approx(0.55)
     assert put_budget(http, cost_budget=0.05).status_code == 422  # below the cheapest arm
     assert put_budget(http, rho=0.5, cost_budget=0.5).status_code == 422
-    assert put_budget(http, cost_cap_per_minute=5).status_code == 422  # a two-arm cap: arms have their own
+
+    # the cost cap counts the calls of every remote arm: 0 removes it
+    assert put_budget(http, cost_budget=2.0, cost_cap_per_minute=1).json()["cost_cap"] == 1
+    capped = [served(http, PROMPTS[i], seed=300 + i) for i in range(3)]
+    assert sum(r["arm"] == "cloud" for r in capped) <= 1 and "budget" in {r["reason"] for r in capped}
+    assert put_budget(http, cost_cap_per_minute=0).json()["cost_cap"] is None
 
 
 def test_private_prompts_never_use_a_remote_arm(http, worker):

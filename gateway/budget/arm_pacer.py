@@ -53,6 +53,8 @@ class ArmPacer:
         decision_window: int = 1000,
         score_window: int = 1000,
         caps: Sequence[int | None] | None = None,
+        remote: Sequence[bool] | None = None,
+        remote_cap: int | None = None,
         gain: float = 200.0,
         max_correction: float = 1.0,
         credit_limit: float = 20.0,
@@ -63,6 +65,8 @@ class ArmPacer:
             raise ValueError("costs: one non-negative cost per arm")
         self.costs = np.asarray(costs, dtype=np.float64)
         self.caps = list(caps) if caps is not None else [None] * len(costs)
+        self.remote = list(remote) if remote is not None else [False] * len(costs)
+        self.remote_cap = remote_cap  # calls per minute over all remote arms together (the two-arm cost cap)
         self.decision_window, self.score_window = decision_window, score_window
         self.gain, self.max_correction = gain, max_correction
         self.credit_limit, self.credit_margin = credit_limit, credit_margin
@@ -191,9 +195,18 @@ class ArmPacer:
             calls.popleft()
         return calls
 
+    def remote_calls_last_minute(self, now: float) -> int:
+        return sum(len(self._prune_calls(a, now)) for a in range(len(self.costs)) if self.remote[a])
+
     def _caps_allow(self, arm: int, n: int, now: float) -> bool:
         cap = self.caps[arm]
         if cap is not None and len(self._prune_calls(arm, now)) + 1 > cap:
+            return False
+        if (
+            self.remote[arm]
+            and self.remote_cap is not None
+            and self.remote_calls_last_minute(now) + 1 > self.remote_cap
+        ):
             return False
         full = len(self._entries) >= self.decision_window
         oldest = self._entries[0] if full else None
@@ -250,5 +263,6 @@ class ArmPacer:
                 "window_allowance": self._window_allowance,
                 "credit": self._credit,
                 "scores": self._filled,
+                "remote_calls_last_minute": self.remote_calls_last_minute(now),
                 "arms": per_arm,
             }
