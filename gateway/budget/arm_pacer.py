@@ -55,10 +55,10 @@ class ArmPacer:
         caps: Sequence[int | None] | None = None,
         remote: Sequence[bool] | None = None,
         remote_cap: int | None = None,
-        gain: float = 200.0,
+        gain: float = 400.0,
         max_correction: float = 1.0,
         credit_limit: float = 20.0,
-        credit_margin: float = 0.005,
+        credit_margin: float = 0.002,
         clock: Callable[[], float] = time.time,
     ):
         if len(costs) < 1 or min(costs) < 0:
