@@ -189,7 +189,10 @@ def report(results: Sequence[dict]) -> str:
         f"Every window of {WINDOW:,} consecutive requests starting after a {WARM_UP}-request warm-up, except those "
         "straddling the budget change (their allowance moves from the old budget to the new over 1,000 requests). "
         "Target: within 2% of the budget, never above it by more than 2%. Live: `ArmPacer` with the gateway's "
-        "defaults (decision and score windows of 1,000), one request per 50 ms.",
+        "defaults (decision and score windows of 1,000), one request per 50 ms. 'Same shares at random' gives "
+        "each arm the share the rule gave it, on random prompts: the gap is what the predictions add at that cost. "
+        "On CEMS, aMUSEd is predicted worse than SD-Turbo on nearly every prompt and costs more, so the rule gives "
+        "it (almost) no traffic; on GenAI-Bench all three arms serve.",
     ]
     for r in results:
         lines += ["", f"Per block of 1,000 requests, {r['stream']}:", "", blocks(r)]
