@@ -236,3 +236,50 @@ def test_paper_mapping_of_quality_is_documented_behaviour():
     assert arm_qualities(score, specs, DEFAULT_CLOUD_ID) == pytest.approx([0.65, 0.7, 1.0])
     known = PromptScore(0.7, {}, 0.0, 1, quality={"sd-2.1": 0.2, "sd-3.5-large": 0.5})
     assert arm_qualities(known, specs, DEFAULT_CLOUD_ID) == pytest.approx([0.15, 0.2, 0.5])
+
+
+def test_a_many_model_router_scores_each_arms_model():
+    import numpy as np
+    import torch
+
+    from router_model.features import FEATURE_NAMES, prompt_features
+    from router_model.multi_router import MultiRouter, MultiRouterConfig
+
+    config = MultiRouterConfig(models=["sd-2.1", "sd-3.5-large", "sdxl-turbo"], use_embedding=False, rank=2)
+    model = MultiRouter(config)
+    with torch.no_grad():
+        model.ability.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
+    prompts = ["a red bicycle", "three cats on a sofa to the left of a lamp"]
+    feats = prompt_features(prompts, names=list(FEATURE_NAMES))
+    out = model.advantage_from_inputs(
+        feats, None, np.array([3, 9]), "SD2.1", "sd-3.5-large", models=["SD2.1", "sdxl-turbo"]
+    )
+    theta = model.theta(model.inputs(feats, None)).detach().numpy()
+    centred = model.ability.detach().numpy() - model.ability.detach().numpy().mean(0)
+    assert out.quality is not None and set(out.quality) == {"sd-2.1", "sdxl-turbo"}
+    assert np.allclose(out.quality["sd-2.1"], theta @ centred[0]) and np.allclose(
+        out.quality["sdxl-turbo"], theta @ centred[2]
+    )
+    # the quality gap of a pair is its advantage (no length blend)
+    both = model.advantage_from_inputs(
+        feats, None, np.array([3, 9]), "sd-2.1", "sd-3.5-large", models=["sd-2.1", "sd-3.5-large"]
+    )
+    assert np.allclose(both.quality["sd-3.5-large"] - both.quality["sd-2.1"], both.advantage)
+    assert model.advantage_from_inputs(feats, None, np.array([3, 9]), "sd-2.1", "x", models=["x"]).quality is None
+
+
+def test_a_seeded_repeat_on_an_arm_is_a_zero_cost_cache_hit(models, router, tmp_path):
+    os.environ[TOKEN_ENV] = WORKER_TOKEN
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = make_settings(models["edge"], tmp_path / "state.json", arms=arms(models["edge"], dead), cost_budget=0.4)
+    with LiveServer(create_app(settings, router=router)) as server, httpx.Client(base_url=server.url) as http:
+        first = served(http, PROMPTS[4], route="edge", seed=11)
+        again = served(http, PROMPTS[4], route="edge", seed=11)
+        assert first["reason"] == "forced" and (again["reason"], again["cost"], again["arm"]) == (
+            "cache",
+            0.0,
+            first["arm"],
+        )
+        snap = http.get("/admin/budget", headers=ADMIN).json()
+        assert snap["decisions"] == 2 and snap["window_cost"] == pytest.approx(first["cost"])
+        assert sample(scrape(server.url), "routet2i_arm_cost_total", arm=first["arm"]) == pytest.approx(first["cost"])
