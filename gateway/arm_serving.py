@@ -61,7 +61,13 @@ class ArmGateway(Gateway):
         if job.route == "edge":
             choice = pacer.decide(q, n=n, allowed=arms.allowed(local_only=True), reason="forced")
         elif job.route == "cloud" and any(not local for local in arms.local):
-            choice = pacer.decide(q, n=n, allowed=arms.allowed(remote_only=True), reason="forced")
+            choice = pacer.decide(
+                q,
+                n=n,
+                allowed=arms.allowed(remote_only=True),
+                reason="forced",
+                refused_to=arms.allowed(local_only=True),
+            )
         else:
             choice = pacer.decide(q, n=n)
             if job.route == "cloud":  # no remote arm at all: served locally, as a refused forced call would be

@@ -125,3 +125,12 @@ def test_a_budget_below_the_cheapest_arm_is_refused():
     with pytest.raises(ValueError, match="finite"):
         pacer.set_budget(float("nan"))
     assert pacer.budget == 0.5
+
+
+def test_a_refused_forced_call_goes_to_the_arms_it_may_fall_back_to():
+    clock = Clock(step=0.0)
+    pacer = ArmPacer(COSTS, budget=5.0, caps=[None, None, 1], clock=clock)
+    remote, local = [False, False, True], [True, True, False]
+    first = pacer.decide([0.1, 0.2, 0.9], allowed=remote, reason="forced", refused_to=local)
+    second = pacer.decide([0.1, 0.2, 0.9], allowed=remote, reason="forced", refused_to=local)
+    assert (first.arm, first.reason) == (2, "forced") and (second.arm, second.reason) == (1, "budget")

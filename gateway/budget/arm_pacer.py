@@ -128,11 +128,14 @@ class ArmPacer:
 
     # ------------------------------------------------------------ decisions
 
-    def decide(self, quality: Sequence[float], *, n: int = 1, allowed: Sequence[bool] | None = None,
-               reason: str = "model") -> ArmChoice:  # fmt: skip
+    def decide(
+        self, quality: Sequence[float], *, n: int = 1, allowed: Sequence[bool] | None = None, reason: str = "model",
+        refused_to: Sequence[bool] | None = None,
+    ) -> ArmChoice:  # fmt: skip
         """The best arm by q − λ·c among `allowed` that the caps let through; counted at once. The first choice
         refused by a cap: the next in the ranking, reason "budget" (unless `reason` is "private", never changed).
-        All refused: the cheapest allowed arm serves anyway (counted, reason "budget")."""
+        All refused: the best of `refused_to` the caps let through (a forced remote call refused: a local arm),
+        else the cheapest of those (or of `allowed`), which serves anyway (counted, reason "budget")."""
         q = np.asarray(quality, dtype=np.float64)
         if q.shape != self.costs.shape or not np.all(np.isfinite(q)):
             raise ValueError(f"quality: {len(self.costs)} finite numbers, one per arm")
@@ -145,7 +148,10 @@ class ArmPacer:
                 raise ValueError("no arm is allowed for this request")
             chosen = next((a for a in order if self._caps_allow(a, n, now)), None)
             if chosen is None:
-                chosen = min(order, key=lambda a: self.costs[a])
+                spare = pacing.ranking(q, self.costs, lam, refused_to) if refused_to is not None else []
+                chosen = next((a for a in spare if self._caps_allow(a, n, now)), None)
+                if chosen is None:
+                    chosen = min(spare or order, key=lambda a: self.costs[a])
             if chosen != order[0] and reason != "private":
                 reason = "budget"
             ticket = self._append(chosen, n, now, float(q[chosen]))
