@@ -160,6 +160,8 @@ def create_app(
             settings.arms, cost_budget=settings.cost_budget, rho=budget.rho, cloud_model_id=settings.cloud_model_id,
             decision_window=settings.decision_window, cost_cap=budget.store.settings().cost_cap,
         )  # fmt: skip
+        if settings.redis_url is not None:
+            log.warning("arms: λ and the cost window are per process, not in Redis: each replica paces its own share")
         given = dict(backends or {})
         arm_backends = {arm.name: given.get(arm.name) or build_arm_backend(arm, settings) for arm in settings.arms}
         edge = arm_backends[next(arm.name for arm in settings.arms if arm.local)]

@@ -166,6 +166,9 @@ function renderBudget(status) {
   $("stat-mean-cost").textContent = fmt(b.mean_cost, 3);
   $("stat-lambda").textContent = fmt(b.lambda);
   renderArms(b);
+  const arms = b.mode === "arms";
+  $("chart-what").textContent = arms ? "Windowed mean cost (as ρ: cheapest arm 0, dearest 1)" : "Windowed cloud fraction";
+  $("chart-line").textContent = arms ? "mean cost" : "cloud fraction";
   $("rho").placeholder = `now ${fmt(b.rho, 2)}`;
   $("cost-cap").placeholder = b.cost_cap ? `now ${b.cost_cap} (0 removes)` : "none (0 removes)";
   const pill = $("ready");
