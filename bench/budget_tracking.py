@@ -12,6 +12,7 @@ and the quality kept on the labelled prompts, ΔP = mean over metrics of
 
     python -m bench.budget_tracking                  # writes its section of docs/BENCHMARKS.md
     python -m bench.budget_tracking --coco 1000 --parti 500 --diffusiondb 1000 --no-markdown   # quick look
+    python -m bench.budget_tracking --arms           # the three-arm cost budget (bench/arm_stream.py)
 """
 
 from __future__ import annotations
@@ -200,8 +201,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--change-at", type=int, help="request index of the ρ change (default: mid-stream)")
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--arms", action="store_true", help="the three-arm cost-budget stream instead (CEMS)")
+    parser.add_argument("--predictions", type=Path, help="--arms: folder caching the out-of-fold predictions")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
+    if args.arms:
+        from bench import arm_stream
+
+        torch.set_num_threads(args.threads)
+        text = "## Budget tracking: three arms\n\n" + run_note() + "\n\n"
+        text += arm_stream.report([arm_stream.run(s, cache_dir=args.predictions) for s in arm_stream.STREAMS])
+        publish("budget-tracking-arms", text, args)
+        return
     text = report(run(args), args)
     publish("budget-tracking", text, args)
 

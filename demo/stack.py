@@ -14,6 +14,7 @@ from demo.tiny import build_tiny_clip, build_tiny_sd3_pipeline, build_tiny_sd_pi
 
 DEMO_DIR = Path(tempfile.gettempdir()) / "routet2i-demo-v2"  # bump when demo/tiny.py changes
 DEMO_STEPS = 4
+DEMO_FAST_STEPS = 2  # the demo's cheaper local arm: the same edge pipeline at fewer steps
 
 
 def build_demo_models(directory: Path = DEMO_DIR) -> tuple[Path, Path]:

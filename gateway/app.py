@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +20,9 @@ from gateway.api.auth_failures import AuthFailures
 from gateway.api.routes.console import STATIC_DIR
 from gateway.api.routes.jobs import job_executor
 from gateway.api.routes.ops import sample_gauges
+from gateway.arm_routing import ArmSet
+from gateway.arm_serving import ArmGateway
+from gateway.arms import build_arm_backend, shorthand_arms
 from gateway.budget import BudgetController, BudgetStore, FailoverBudgetStore, InMemoryBudgetStore, RedisBudgetStore
 from gateway.cache import build_cache
 from gateway.escalation import build_escalation
@@ -87,10 +90,17 @@ def arm_ids(settings: Settings) -> dict[str, str]:
     return {"edge": f"edge:{settings.edge_model or ''}", "cloud": cloud}
 
 
+def _two_arm_rho(settings: Settings) -> float:
+    from gateway.budget.pacing import cost_to_rho
+
+    return cost_to_rho(settings.cost_budget or 0.0, [settings.edge_cost, settings.cloud_cost])
+
+
 def build_budget(settings: Settings) -> BudgetController:
     """The live budget controller on the store the settings name: in-memory (persisted to the state file),
     or Redis shared by every replica with that in-memory store as the fallback while Redis is away."""
-    local = InMemoryBudgetStore(settings.rho, cost_cap=settings.cost_cap_per_minute, state_path=settings.state_file)
+    rho = _two_arm_rho(settings) if settings.cost_budget is not None and not settings.arms else settings.rho
+    local = InMemoryBudgetStore(rho, cost_cap=settings.cost_cap_per_minute, state_path=settings.state_file)
     store: BudgetStore = local
     if settings.redis_url is not None:
         shared = RedisBudgetStore.from_url(
@@ -119,6 +129,7 @@ def load_router(settings: Settings) -> PromptScorer:
     scorer = load_scorer(
         settings.router_path, edge_id=settings.edge_model_id, cloud_id=settings.cloud_model_id,
         device=settings.router_device, encoder_dtype=settings.router_encoder_dtype,
+        models=[arm.model_id for arm in settings.arms],
     )  # fmt: skip
     if hasattr(scorer, "head"):
         if settings.router_runtime != "torch":
@@ -135,14 +146,29 @@ def create_app(
     router: PromptScorer | None = None,
     edge: ImageBackend | None = None,
     cloud: ImageBackend | None = None,
+    backends: Mapping[str, ImageBackend] | None = None,
 ) -> FastAPI:
-    """The gateway app. Components not passed in are built from `settings` when the app starts."""
+    """The gateway app. Components not passed in are built from `settings` when the app starts.
+    With `arms` set, `backends` (one per arm name) replaces `edge` and `cloud`."""
     settings = settings or Settings()
     metrics = GatewayMetrics()
     budget = build_budget(settings)
     cache = build_cache(settings, metrics)
     escalation = build_escalation(settings, budget, metrics)
-    if edge is None:
+    arm_set: ArmSet | None = None
+    arm_backends: dict[str, ImageBackend] = {}
+    if settings.arms:
+        arm_set = ArmSet.build(
+            settings.arms, cost_budget=settings.cost_budget, rho=budget.rho, cloud_model_id=settings.cloud_model_id,
+            decision_window=settings.decision_window, cost_cap=budget.store.settings().cost_cap,
+        )  # fmt: skip
+        if settings.redis_url is not None:
+            log.warning("arms: λ and the cost window are per process, not in Redis: each replica paces its own share")
+        given = dict(backends or {})
+        arm_backends = {arm.name: given.get(arm.name) or build_arm_backend(arm, settings) for arm in settings.arms}
+        edge = arm_backends[next(arm.name for arm in settings.arms if arm.local)]
+        cloud = next((arm_backends[arm.name] for arm in settings.arms if arm.remote), None)
+    elif edge is None:
         edge, built_cloud = build_backends(settings)
         cloud = cloud if cloud is not None else built_cloud
 
@@ -154,22 +180,31 @@ def create_app(
             cache_size=settings.router_cache_size,
         )  # fmt: skip
         await scoring.start()
-        if hasattr(edge, "load"):
-            await edge.load()
+        for backend in arm_backends.values() or [edge]:
+            if hasattr(backend, "load"):
+                await backend.load()
+        common = dict(
+            scoring=scoring, budget=budget, metrics=metrics, log_prompts=settings.log_prompts,
+            max_compute_units=settings.max_compute_units, default_steps=settings.edge_default_steps,
+            forced_cloud_may_exceed_rho=settings.forced_cloud_may_exceed_rho, cache=cache, escalation=escalation,
+        )  # fmt: skip
         if escalation is not None:
             await escalation.load()
-        app.state.gateway = Gateway(
-            scoring=scoring, budget=budget, metrics=metrics, edge=edge, cloud=cloud, log_prompts=settings.log_prompts,
-            max_compute_units=settings.max_compute_units, default_steps=settings.edge_default_steps,
-            forced_cloud_may_exceed_rho=settings.forced_cloud_may_exceed_rho, cache=cache, arms=arm_ids(settings),
-            escalation=escalation,
-        )  # fmt: skip
+        if arm_set is not None:
+            app.state.gateway = ArmGateway(arm_set=arm_set, backends=arm_backends, **common)
+        else:
+            app.state.gateway = Gateway(
+                edge=edge, cloud=cloud, arms=arm_ids(settings),
+                costs={"edge": settings.edge_cost, "cloud": settings.cloud_cost}, **common,
+            )  # fmt: skip
         app.state.jobs = build_job_runner(settings, job_executor(app))
         await app.state.jobs.start()
         log.info("gateway ready: ρ=%.3f, cloud=%s", budget.rho, settings.cloud_kind if cloud else "none")
         stop_refresh = None
         if multiprocess_dir() is not None:  # keep this worker's gauges current between scrapes of any worker
-            stop_refresh = metrics.start_refresh(lambda: sample_gauges(metrics, budget, edge, cloud))
+            stop_refresh = metrics.start_refresh(
+                lambda: sample_gauges(metrics, budget, edge, cloud, lam=arm_set.pacer.lam if arm_set else None)
+            )
         try:
             yield
         finally:
@@ -179,7 +214,7 @@ def create_app(
             await scoring.aclose()
             if cache is not None:
                 await cache.aclose()
-            for backend in (edge, cloud):
+            for backend in arm_backends.values() or (edge, cloud):
                 if backend is not None:
                     await backend.aclose()
 
@@ -191,6 +226,8 @@ def create_app(
     )  # fmt: skip
     app.state.settings, app.state.budget, app.state.metrics = settings, budget, metrics
     app.state.edge, app.state.cloud = edge, cloud
+    app.state.arm_set = arm_set  # None: two arms, routed by ρ
+    app.state.arm_specs = list(settings.arms) or shorthand_arms(settings)
     app.state.clients = build_client_gate(settings, metrics.registry)
     app.state.idempotency = build_idempotency(settings)
     app.state.in_flight = 0

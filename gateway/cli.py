@@ -59,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         worker = start_worker(cloud, token, port)
         settings = demo_settings(settings, f"http://127.0.0.1:{port}", token, edge, clip=build_demo_clip())
         print(f"demo: cloud worker (tiny SD3) on http://127.0.0.1:{port}")
+        print("demo: arms " + ", ".join(f"{arm.name} (cost {arm.cost:g})" for arm in settings.arms))
         print(f"demo: admin token: {settings.admin_token.get_secret_value()}")
         print(f"demo: try  curl -s localhost:{args.port}/generate -H 'content-type: application/json' "
               "-d '{\"prompt\": \"a red bicycle\", \"size\": \"64x64\"}'")  # fmt: skip

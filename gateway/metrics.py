@@ -134,6 +134,17 @@ class GatewayMetrics:
             "routet2i_verify_score", "Image check score of edge images (the lowest of a request's images).",
             buckets=VERIFY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.arm_requests = Counter(
+            "routet2i_arm_requests", "Served requests by arm (the two-arm shorthand: edge, cloud) and routing reason.",
+            ["arm", "reason"], registry=r,
+        )  # fmt: skip
+        self.arm_cost = Counter(
+            "routet2i_arm_cost", "Cost spent per arm, in the operator's unit (cost per image × images).", ["arm"],
+            registry=r,
+        )  # fmt: skip
+        self.lam = Gauge(
+            "routet2i_lambda", "λ of the N-arm rule (argmax predicted quality − λ·cost); 0 with two arms.", **budget
+        )
         self.edge_queue_depth = Gauge(
             "routet2i_edge_queue_depth", "Requests waiting for or running on the edge pipeline.", registry=r,
             multiprocess_mode="livesum",
@@ -144,6 +155,11 @@ class GatewayMetrics:
         backend = backend or "none"
         self.requests.labels(backend=backend, reason=reason or "none", status=str(int(status))).inc()
         self.request_duration.labels(backend=backend).observe(duration_s)
+
+    def observe_arm(self, arm: str, reason: str, cost: float) -> None:
+        """One served request: which arm, why, and what it cost."""
+        self.arm_requests.labels(arm=arm, reason=reason).inc()
+        self.arm_cost.labels(arm=arm).inc(cost)
 
     def observe_router(self, prs: float | Iterable[float], latency_s: float) -> None:
         """One router call: its latency and every score it produced."""

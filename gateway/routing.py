@@ -38,6 +38,7 @@ class PromptScore:
     batch_size: int  # 0 for a cached score
     cached: bool = False
     head: str = "paper"  # which head scored it: "paper" (pair router), or a many-model router's "pair"/"generic"
+    quality: dict[str, float] | None = None  # a many-model router's per-model quality of the N arms' models
 
 
 class ScoreCache:
@@ -45,7 +46,7 @@ class ScoreCache:
 
     def __init__(self, size: int):
         self.size = size
-        self._items: OrderedDict[bytes, tuple[float, dict[str, float], str]] = OrderedDict()
+        self._items: OrderedDict[bytes, tuple[float, dict[str, float], str, dict[str, float] | None]] = OrderedDict()
 
     @staticmethod
     def key(prompt: str) -> bytes:
@@ -54,7 +55,7 @@ class ScoreCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, prompt: str) -> tuple[float, dict[str, float], str] | None:
+    def get(self, prompt: str) -> tuple[float, dict[str, float], str, dict[str, float] | None] | None:
         if not self.size:
             return None
         key = self.key(prompt)
@@ -63,10 +64,13 @@ class ScoreCache:
             self._items.move_to_end(key)
         return hit
 
-    def put(self, prompt: str, prs: float, per_metric: dict[str, float], head: str = "paper") -> None:
+    def put(
+        self, prompt: str, prs: float, per_metric: dict[str, float], head: str = "paper",
+        quality: dict[str, float] | None = None,
+    ) -> None:  # fmt: skip
         if not self.size:
             return
-        self._items[self.key(prompt)] = (prs, per_metric, head)
+        self._items[self.key(prompt)] = (prs, per_metric, head, quality)
         self._items.move_to_end(self.key(prompt))
         while len(self._items) > self.size:
             self._items.popitem(last=False)
@@ -102,8 +106,9 @@ class ScoringService:
         hit = self.cache.get(prompt)
         if hit is not None:
             return PromptScore(
-                prs=hit[0], per_metric=dict(hit[1]), latency_s=0.0, batch_size=0, cached=True, head=hit[2]
-            )
+                prs=hit[0], per_metric=dict(hit[1]), latency_s=0.0, batch_size=0, cached=True, head=hit[2],
+                quality=hit[3],
+            )  # fmt: skip
         future: asyncio.Future[PromptScore] = asyncio.get_running_loop().create_future()
         await self._queue.put((prompt, future))
         return await future
@@ -148,6 +153,7 @@ class ScoringService:
             per_metric = np.asarray(scores.per_metric, dtype=float)
             names = list(scores.metrics)
             head = getattr(scores, "head", "paper")
+            model_quality = getattr(scores, "quality", None)
             for i, (prompt, future) in enumerate(live):
                 score = PromptScore(
                     prs=float(prs[i]),
@@ -155,7 +161,8 @@ class ScoringService:
                     latency_s=latency,
                     batch_size=len(live),
                     head=head,
+                    quality={m: float(v[i]) for m, v in model_quality.items()} if model_quality else None,
                 )
-                self.cache.put(prompt, score.prs, score.per_metric, head)
+                self.cache.put(prompt, score.prs, score.per_metric, head, score.quality)
                 if not future.done():
                     future.set_result(score)

@@ -101,6 +101,9 @@ class RouteInfo(BaseModel):
         description="pass; escalated; capped: a cap or the key's share kept the edge image; failed: the check or the "
         "escalation failed, the edge image served.",
     )
+    arm: str | None = Field(None, description="The arm that served it (two arms: edge or cloud).")
+    cost: float | None = Field(None, description="What it cost, in the operator's unit (0 for a cache hit).")
+    lam: float | None = Field(None, description="λ of the N-arm rule when it was decided (None with two arms).")
 
 
 class ImageData(BaseModel):
@@ -158,8 +161,11 @@ class ScoreResponse(BaseModel):
     )
     backend: Backend
     reason: Reason
-    alpha: float
+    alpha: float | None = Field(description="α of the two-arm rule (None with N arms).")
     rho: float
+    arm: str | None = Field(None, description="The arm it would go to (two arms: edge or cloud).")
+    lam: float | None = Field(None, description="λ of the N-arm rule (None with two arms).")
+    arm_quality: dict[str, float] | None = Field(None, description="Predicted quality per arm (N arms).")
 
 
 class BudgetUpdate(_Strict):
@@ -171,6 +177,11 @@ class BudgetUpdate(_Strict):
     cost_cap_per_minute: int | None = Field(
         default=None, ge=0, description="Ceiling on cloud calls per minute on top of ρ; send 0 to remove it."
     )
+    cost_budget: Annotated[
+        float | None,
+        Field(default=None, ge=0, allow_inf_nan=False, description="Mean cost per request, operator's unit."),
+        AfterValidator(_not_negative_zero),
+    ] = None
 
 
 class ErrorResponse(BaseModel):

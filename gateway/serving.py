@@ -80,11 +80,12 @@ class Gateway:
         cache: ImageCache | None = None,
         arms: Mapping[str, str] | None = None,
         escalation: Escalation | None = None,
+        costs: Mapping[str, float] | None = None,
     ):
         """`max_compute_units`: the most work one request may ask for (`backends.base.compute_units`, with
         `default_steps` for a request that leaves the steps to the backend); None: no limit.
-        `cache`: the exact cache of seeded requests (None: off); `arms`: the model id of each backend in its
-        cache keys (a changed model never serves the old one's images)."""
+        `cache`: the exact cache of seeded requests (None: off); `arms`: the model id of each arm (backend) in its
+        cache keys (a changed model never serves the old one's images); `costs`: each arm's cost per image."""
         self.scoring, self.budget, self.metrics = scoring, budget, metrics
         self.edge, self.cloud = edge, cloud
         self.log_prompts = log_prompts
@@ -93,6 +94,7 @@ class Gateway:
         self.cache = cache
         self.arms = {"edge": "edge", "cloud": "cloud", **(arms or {})}
         self.escalation = escalation
+        self.costs = {"edge": 0.0, "cloud": 1.0, **(costs or {})}
 
     async def score(self, prompt: str) -> PromptScore:
         score = await self.scoring.score(prompt)
@@ -133,12 +135,23 @@ class Gateway:
         self.metrics.observe_request(
             backend=served.route.backend, reason=served.route.reason, status=200, duration_s=duration
         )
+        served.route = self._priced(served.route, request.n)
+        self.metrics.observe_arm(served.route.arm or served.route.backend, served.route.reason, served.route.cost or 0)
         log.info(
-            "served backend=%s reason=%s prs=%s alpha=%s n=%d size=%dx%d seconds=%.3f%s",
-            served.route.backend, served.route.reason, _fmt(served.route.prs), _fmt(served.route.alpha), request.n,
+            "served arm=%s backend=%s reason=%s prs=%s alpha=%s n=%d size=%dx%d seconds=%.3f%s",
+            served.route.arm or served.route.backend, served.route.backend, served.route.reason,
+            _fmt(served.route.prs), _fmt(served.route.alpha), request.n,
             request.width, request.height, duration, f" prompt={request.prompt!r}" if self.log_prompts else "",
         )  # fmt: skip
         return served
+
+    def _priced(self, route: Decision, n: int) -> Decision:
+        """The route with its arm named and its cost (two arms: edge_cost/cloud_cost per image; a cache hit: 0)."""
+        arm = route.arm or route.backend
+        if route.cost is not None:
+            return replace(route, arm=arm)
+        cost = 0.0 if route.reason == "cache" else self.costs.get(arm, 0.0) * n
+        return replace(route, arm=arm, cost=cost)
 
     def _check_compute(self, request: GenerationRequest) -> None:
         """422 for a request asking for more work than `max_compute_units`, naming the fields to lower."""
@@ -180,23 +193,28 @@ class Gateway:
         self.cache.bypass()
         return False
 
-    def _cache_key(self, job: ServeRequest, backend: str) -> str:
+    def _cache_key(self, job: ServeRequest, route: Decision) -> str:
         assert self.cache is not None
-        steps = self.default_steps if backend == "edge" else None  # the edge's default is known, a cloud's not
-        return self.cache.key(job.generation, self.arms[backend], private=job.private, default_steps=steps)
+        steps = self.default_steps if route.backend == "edge" else None  # the edge's default is known, a cloud's not
+        arm = self.arms[route.arm or route.backend]
+        return self.cache.key(job.generation, arm, private=job.private, default_steps=steps)
 
     async def _from_cache(self, job: ServeRequest, route: Decision, ticket: int | None) -> Served | None:
         """The cached images of this request on the arm it was routed to, counted as a zero-cost request
         (reason "cache": no cloud call against the budget), or None."""
         assert self.cache is not None
-        entry = await self.cache.get(self._cache_key(job, route.backend), private=job.private)
+        entry = await self.cache.get(self._cache_key(job, route), private=job.private)
         if entry is None:
             return None
+        return Served(entry.result(), self._cached(route, ticket))
+
+    def _cached(self, route: Decision, ticket: int | None) -> Decision:
+        """Count a cache hit as a zero-cost request (reason "cache")."""
         if ticket is not None:
             self.budget.record("edge", "cache", ticket=ticket)
         else:
             route = replace(route, rho=self.budget.count("edge", "cache", prs=route.prs).rho)
-        return Served(entry.result(), replace(route, reason="cache"))
+        return replace(route, reason="cache")
 
     async def _to_cache(self, job: ServeRequest, served: Served) -> None:
         """Keep what was served under the arm that served it; its PNGs are encoded once, here, for the response too."""
@@ -204,7 +222,7 @@ class Gateway:
         result = served.result
         if result.png is None or len(result.png) != len(result.images):
             result.png = await asyncio.to_thread(result_pngs, result)
-        key = self._cache_key(job, served.route.backend)
+        key = self._cache_key(job, served.route)
         await self.cache.put(key, CachedImages.of(result, result.png), private=job.private)
 
     def _key_share(self, decision: Decision, gate: Callable[[bool], bool] | None) -> Decision:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,6 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gateway.arms import ArmSpec, validate_arms
 from gateway.keys.model import ApiKey
 from router_model import DEFAULT_ROUTER
 from router_model.model_ids import DEFAULT_CLOUD_ID, DEFAULT_EDGE_ID
@@ -61,6 +62,19 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("routet2i", pattern=r"^[A-Za-z0-9_.:-]+$", description="Key prefix of this budget.")
     redis_timeout_s: float = Field(0.25, gt=0, description="Redis socket timeout before serving on the local store.")
     redis_retry_s: float = Field(2.0, gt=0, description="How often a replica alone retries Redis.")
+
+    # arms (N-arm routing; unset: the edge_*/cloud_* settings are two arms routed by ρ)
+    arms: list[ArmSpec] = Field(
+        default_factory=list,
+        description="The arms to route among (README: N arms); unset = the two-arm edge/cloud settings.",
+    )
+    cost_budget: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="Mean cost per request the N-arm rule holds (unset: the cost ρ names between the cheapest "
+        "and the dearest arm). Two arms: the same as ρ in units of edge_cost..cloud_cost.",
+    )  # fmt: skip
+    edge_cost: float = Field(0.0, ge=0, allow_inf_nan=False, description="Two-arm shorthand: cost per edge image.")
+    cloud_cost: float = Field(1.0, ge=0, allow_inf_nan=False, description="Two-arm shorthand: cost per cloud image.")
 
     # edge backend
     edge_model: str | None = Field(None, description="Diffusers pipeline path or hub id (SD 2.1 class).")
@@ -132,6 +146,11 @@ class Settings(BaseSettings):
         10, ge=1, description="Wrong admin tokens per client address and minute before 429 (audited)."
     )
     demo: bool = False
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, arms: list[ArmSpec]) -> list[ArmSpec]:
+        return validate_arms(arms)
 
     @classmethod
     def settings_customise_sources(

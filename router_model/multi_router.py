@@ -71,6 +71,8 @@ class MultiScores:
     head: str  # "pair" (both models known) or "generic" (edge-vs-cloud gap)
     edge_id: str
     cloud_id: str
+    # per-model relative quality <θ(p), a_m − ā> for each of the `models` asked for, when the router knows them all
+    quality: dict[str, np.ndarray] | None = None
 
 
 class MultiRouter(nn.Module):
@@ -121,22 +123,34 @@ class MultiRouter(nn.Module):
             return self.ability[self._index[cloud_id]] - self.ability[self._index[edge_id]], "pair"
         return self.generic, "generic"
 
+    def model_quality(self, theta: torch.Tensor, models: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """<θ(p), a_m − ā> per model (ā: the mean ability of the known models; the shared difficulty and the
+        dataset biases cancel in comparisons across models), or None unless every model is known."""
+        if not models or not all(self.knows(m) for m in models):
+            return None
+        centred = self.ability - self.ability.mean(0, keepdim=True)
+        return {m: (theta @ centred[self._index[m]]).double().numpy() for m in models}
+
     @torch.no_grad()
     def advantage_from_inputs(
-        self, features: np.ndarray, pooled: np.ndarray | None, tokens: np.ndarray, edge_id: str, cloud_id: str
+        self, features: np.ndarray, pooled: np.ndarray | None, tokens: np.ndarray, edge_id: str, cloud_id: str,
+        models: Sequence[str] = (),
     ) -> MultiScores:
-        """Cloud advantage from precomputed inputs (research code passes cached ones)."""
+        """Cloud advantage from precomputed inputs (research code passes cached ones); `models`: also their
+        per-model quality (`model_quality`)."""
         self.eval()
         edge_id, cloud_id = canonical_id(edge_id), canonical_id(cloud_id)
         v, head = self.direction(edge_id, cloud_id)
-        score = (self.theta(self.inputs(features, pooled)) @ v).double().numpy()
+        theta = self.theta(self.inputs(features, pooled))
+        quality = self.model_quality(theta, [canonical_id(m) for m in models])
+        score = (theta @ v).double().numpy()
         if self.config.length_blend:
             sd = float(torch.sqrt(v @ self.theta_cov @ v).clamp_min(1e-8))
             z_len = (np.log1p(np.asarray(tokens, dtype=np.float64)) - self.config.log_tokens_mean) / max(
                 self.config.log_tokens_std, 1e-8
             )
             score = score / sd + self.config.length_blend * z_len
-        return MultiScores(score, head, edge_id, cloud_id)
+        return MultiScores(score, head, edge_id, cloud_id, quality)
 
     # ------------------------------------------------------------ serving
 
@@ -148,14 +162,14 @@ class MultiRouter(nn.Module):
         return self._encoder
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[str], edge_id: str, cloud_id: str) -> MultiScores:
-        """Predicted cloud advantage of each prompt for the pair, and which head scored it."""
+    def score(self, prompts: Sequence[str], edge_id: str, cloud_id: str, models: Sequence[str] = ()) -> MultiScores:
+        """Predicted cloud advantage of each prompt for the pair, and which head scored it (and `models`' quality)."""
         prompts = list(prompts)
         st = self.encoder().encode(prompts)
         pooled = st.mean_pooled().numpy() if self.config.use_embedding else None
         tokens = st.mask.sum(1).numpy()
         feats = prompt_features(prompts, names=self.config.feature_names)
-        return self.advantage_from_inputs(feats, pooled, tokens, edge_id, cloud_id)
+        return self.advantage_from_inputs(feats, pooled, tokens, edge_id, cloud_id, models)
 
     # ------------------------------------------------------------ checkpoint
 
@@ -182,8 +196,8 @@ class MultiRouter(nn.Module):
         model.encoder_device, model.encoder_dtype = device, encoder_dtype
         return model.eval()
 
-    def for_pair(self, edge_id: str, cloud_id: str) -> PairScorer:
-        return PairScorer(self, edge_id, cloud_id)
+    def for_pair(self, edge_id: str, cloud_id: str, models: Sequence[str] = ()) -> PairScorer:
+        return PairScorer(self, edge_id, cloud_id, models)
 
 
 @dataclass
@@ -195,6 +209,7 @@ class PairScores:
     metrics: list[str]
     head: str
     advantage: np.ndarray
+    quality: dict[str, np.ndarray] | None = None  # per-model quality of the arms' models (N-arm routing)
 
 
 class PairScorer:
@@ -202,13 +217,14 @@ class PairScorer:
 
     PRŜ = σ(−advantage) is monotone in the advantage, so the gateway's live α quantile works unchanged."""
 
-    def __init__(self, router: MultiRouter, edge_id: str, cloud_id: str):
+    def __init__(self, router: MultiRouter, edge_id: str, cloud_id: str, models: Sequence[str] = ()):
         self.router = router
         self.edge_id, self.cloud_id = canonical_id(edge_id), canonical_id(cloud_id)
         self.head = router.direction(self.edge_id, self.cloud_id)[1]
+        self.models = [canonical_id(m) for m in models]  # the arms' models: their quality is scored too
 
     def score(self, prompts: Sequence[str]) -> PairScores:
-        out = self.router.score(prompts, self.edge_id, self.cloud_id)
+        out = self.router.score(prompts, self.edge_id, self.cloud_id, self.models)
         adv = np.asarray(out.advantage, dtype=np.float64)
         prs = 1.0 / (1.0 + np.exp(np.clip(adv, -50.0, 50.0)))
-        return PairScores(prs, np.zeros((len(adv), 0)), [], out.head, adv)
+        return PairScores(prs, np.zeros((len(adv), 0)), [], out.head, adv, out.quality)

@@ -6,6 +6,7 @@ is fixed to an (edge, cloud) pair of canonical model ids and serves PRŜ = σ(�
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from router_model.model_ids import DEFAULT_CLOUD_ID, DEFAULT_EDGE_ID
@@ -19,13 +20,15 @@ def load_scorer(
     cloud_id: str = DEFAULT_CLOUD_ID,
     device: str = "auto",
     encoder_dtype: str = "float32",
+    models: Sequence[str] = (),
 ):
-    """A `RouteT2IRouter` or a `PairScorer` for the checkpoint in `directory` (`edge_id`/`cloud_id`: multi only)."""
+    """A `RouteT2IRouter` or a `PairScorer` for the checkpoint in `directory` (`edge_id`/`cloud_id`: multi only;
+    `models`: the N arms' model ids, whose per-model quality a many-model checkpoint that knows them all scores)."""
     if checkpoint_kind(directory) == "multi":
         multi = MultiRouter.from_pretrained(
             directory, device="cpu" if device == "auto" else device, encoder_dtype=encoder_dtype
         )
-        return multi.for_pair(edge_id, cloud_id)
+        return multi.for_pair(edge_id, cloud_id, models)
     from router_model.model import RouteT2IRouter
 
     return RouteT2IRouter.from_pretrained(directory, device=device, encoder_dtype=encoder_dtype)

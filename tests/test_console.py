@@ -163,12 +163,15 @@ def test_prompt_shows_image_backend_reason_prs_and_metrics(page: Page, gateway: 
     expect(page.locator("#backend")).to_have_text(route["backend"])
     expect(page.locator("#reason")).to_have_attribute("data-reason", route["reason"])
     assert route["reason"] in ("model", "budget")
+    # The demo routes among three arms: the reason names the arm and λ of argmax quality − λ·cost.
     reason = page.locator("#reason").inner_text()
-    assert f"PRS {route['prs']:.3f}" in reason and f"α {route['alpha']:.3f}" in reason
+    assert f"λ {route['lam']:.3f}" in reason and f"arm {route['arm']}".lower() in reason.lower()
+    expect(page.locator("#arm")).to_have_text(route["arm"])
+    expect(page.locator("#route-cost")).to_have_text(f"{route['cost']:.2f}")
     assert page.locator("#seed-used").inner_text() == "7"
     assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", page.locator("#latency").inner_text())
     expect(page.locator(".gauge-prs .gauge-tag")).to_have_text(f"PRS {route['prs']:.3f}")
-    expect(page.locator(".gauge-alpha .gauge-tag")).to_have_text(f"α {route['alpha']:.3f}")
+    expect(page.locator("#arm-quality")).to_contain_text("edge-fast")
     scored = httpx.post(f"{gateway.url}/route", json={"prompt": "a red bicycle leaning on a brick wall"}).json()
     bars = page.locator("#per-metric .bar-row")
     expect(bars).to_have_count(len(scored["per_metric"]))
@@ -180,10 +183,9 @@ def test_prompt_shows_image_backend_reason_prs_and_metrics(page: Page, gateway: 
 def test_forced_and_private_routes_are_explained(page: Page) -> None:
     fill_prompt(page, "a lighthouse in a storm", route="cloud")
     route = generate(page)["route"]
-    assert (route["backend"], route["reason"], route["prs"], route["alpha"]) == ("cloud", "forced", None, None)
+    assert (route["backend"], route["reason"], route["arm"], route["alpha"]) == ("cloud", "forced", "cloud", None)
     expect(page.locator("#backend")).to_have_text("cloud")
     expect(page.locator("#reason")).to_contain_text("forced the cloud route")
-    # Not scored by the route it took: the gauge shows what the router would have said.
     expect(page.locator(".gauge-prs")).to_have_count(1)
     fill_prompt(page, "my passport photo", route="cloud", private=True)
     assert generate(page)["route"]["reason"] == "private"
@@ -210,6 +212,13 @@ def test_live_budget_is_read_from_the_gateway(page: Page, gateway: DemoGateway, 
     status = httpx.get(f"{gateway.url}/v1/status").json()
     expect(page.locator("#stat-rho")).to_have_text(f"{status['budget']['rho']:.2f}")
     expect(page.locator("#stat-cap")).to_have_text("no cap")
+    # each arm's cost, share and mean predicted quality, live
+    expect(page.locator("#arms-table tbody tr")).to_have_count(3)
+    for i, arm in enumerate(status["budget"]["arms"]):
+        row = page.locator("#arms-table tbody tr").nth(i)
+        expect(row.locator("td").first).to_have_text(arm["name"])
+        expect(row.locator("td").nth(2)).to_have_text(f"{arm['cost']:.2f}")
+    expect(page.locator("#stat-cost-budget")).to_have_text(f"{status['budget']['cost_budget']:.2f}")
     # Two polls draw a line (the page polls every few seconds).
     with page.expect_response(lambda r: r.url.endswith("/v1/status"), timeout=10_000):
         pass

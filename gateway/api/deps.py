@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from backends.base import ImageBackend
 from gateway.api.auth_failures import AuthFailures
 from gateway.budget import BudgetController
+from gateway.budget_view import BudgetView
 from gateway.metrics import GatewayMetrics
 from gateway.serving import Gateway
 from gateway.settings import Settings
@@ -35,6 +36,11 @@ def get_budget(request: Request) -> BudgetController:
     return request.app.state.budget
 
 
+def get_budget_view(request: Request) -> BudgetView:
+    state = request.app.state
+    return BudgetView(state.budget, state.arm_set, state.arm_specs)
+
+
 def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
@@ -50,6 +56,7 @@ def get_cloud(request: Request) -> ImageBackend | None:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 BudgetDep = Annotated[BudgetController, Depends(get_budget)]
+BudgetViewDep = Annotated[BudgetView, Depends(get_budget_view)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 EdgeDep = Annotated[ImageBackend, Depends(get_edge)]
 CloudDep = Annotated[ImageBackend | None, Depends(get_cloud)]

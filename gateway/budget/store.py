@@ -83,6 +83,12 @@ class Decision:
     alpha: float | None = None
     rho: float | None = None
     ticket: int | None = None  # pass to `BudgetController.record` if the request ends up served otherwise
+    # N-arm routing (gateway.arm_serving): the arm by name, what it cost, λ, every arm's predicted quality.
+    # Two arms: arm None (the backend is the arm), cost from the edge_cost/cloud_cost settings.
+    arm: str | None = None
+    cost: float | None = None
+    lam: float | None = None
+    qualities: tuple[float, ...] | None = None
 
     @property
     def cloud(self) -> bool:

@@ -26,8 +26,24 @@ const REASONS = {
     "no model was called and no budget was spent.",
 };
 
+// With N arms (route.lam is set) the rule is argmax predicted quality − λ·cost over the arms a request may use.
+const ARM_REASONS = {
+  model: (r) =>
+    `Arm ${r.arm} has the best predicted quality − λ·cost (λ ${fmt(r.lam)}, cost ${fmt(r.cost, 2)}) ` +
+    "among the arms.",
+  budget: (r) =>
+    `The best arm by quality − λ·cost (λ ${fmt(r.lam)}) was over the cost budget or a cap, so arm ${r.arm} ` +
+    "served it.",
+  forced: (r) => `The request forced the ${r.backend} route; arm ${r.arm} is the best of those arms.`,
+  private: (r) => `Private request: the prompt never leaves the edge (arm ${r.arm}).`,
+  fallback: (r) => `The chosen arm failed or is down; arm ${r.arm}, the next best that is up, served it.`,
+  cache: (r) =>
+    `The same seeded request was served by arm ${r.arm} before: its images came from the cache, ` +
+    "no model was called and no budget was spent.",
+};
+
 export function explain(route) {
-  const describe = REASONS[route.reason];
+  const describe = (route.lam !== null && route.lam !== undefined ? ARM_REASONS : REASONS)[route.reason];
   return describe ? describe(route) : `reason: ${route.reason}`;
 }
 
@@ -81,7 +97,15 @@ function renderRoute(result, latencyMs) {
   $("reason").dataset.reason = r.reason;
   $("seed-used").textContent = String(result.seed);
   $("route-rho").textContent = fmt(r.rho, 2);
+  $("arm").textContent = r.arm ?? r.backend;
+  $("route-cost").textContent = fmt(r.cost, 2);
+  $("route-lam").textContent = fmt(r.lam);
   drawGauge($("prs-gauge"), r.prs, r.alpha);
+}
+
+function renderArmQuality(quality) {
+  $("arm-quality-figure").hidden = !quality;
+  if (quality) $("arm-quality").textContent = Object.entries(quality).map(([a, q]) => `${a} ${fmt(q)}`).join(" · ");
 }
 
 async function onGenerate(event) {
@@ -107,6 +131,7 @@ async function onGenerate(event) {
     const { score, error } = await scoring;
     if (score) {
       drawMetricBars($("per-metric"), score.per_metric);
+      renderArmQuality(score.arm_quality);
       // Forced and private routes skip the router; show its score for the prompt anyway.
       if (result.route.prs === null) drawGauge($("prs-gauge"), score.prs, score.alpha);
     } else {
@@ -137,6 +162,13 @@ function renderBudget(status) {
   $("stat-cap").textContent =
     b.cost_cap ? `${b.cloud_calls_last_minute} / ${b.cost_cap} (${(b.cost_cap_use * 100).toFixed(0)}%)` : "no cap";
   $("stat-queue").textContent = status.edge_queue_depth === null ? "–" : String(status.edge_queue_depth);
+  $("stat-cost-budget").textContent = fmt(b.cost_budget, 2);
+  $("stat-mean-cost").textContent = fmt(b.mean_cost, 3);
+  $("stat-lambda").textContent = fmt(b.lambda);
+  renderArms(b);
+  const arms = b.mode === "arms";
+  $("chart-what").textContent = arms ? "Windowed mean cost (as ρ: cheapest arm 0, dearest 1)" : "Windowed cloud fraction";
+  $("chart-line").textContent = arms ? "mean cost" : "cloud fraction";
   $("rho").placeholder = `now ${fmt(b.rho, 2)}`;
   $("cost-cap").placeholder = b.cost_cap ? `now ${b.cost_cap} (0 removes)` : "none (0 removes)";
   const pill = $("ready");
@@ -147,11 +179,35 @@ function renderBudget(status) {
   $("api-key-label").hidden = !status.api_key_required;
 }
 
+/** Each arm's cost, share, spend and mean predicted quality over the window (N arms only). */
+function renderArms(b) {
+  const table = $("arms-table");
+  table.hidden = b.mode !== "arms";
+  if (table.hidden) return;
+  const rows = b.arms.map((a) => {
+    const share = a.share === null ? "–" : `${(a.share * 100).toFixed(1)}%`;
+    const cells = [a.name, a.remote ? `${a.kind} (remote)` : a.kind, fmt(a.cost, 2), share, fmt(a.spent, 2),
+      fmt(a.mean_quality), String(a.calls_last_minute)];
+    const row = document.createElement("tr");
+    for (const text of cells) row.append(Object.assign(document.createElement("td"), { textContent: text }));
+    return row;
+  });
+  table.querySelector("tbody").replaceChildren(...rows);
+}
+
+/** The chart's line: the cloud fraction (two arms), or the mean cost as a ρ between the cheapest and dearest arm. */
+function chartPoint(b) {
+  if (b.mode !== "arms") return { y: b.cloud_fraction, ref: b.rho };
+  const costs = b.arms.map((a) => a.cost);
+  const lo = Math.min(...costs), span = Math.max(...costs) - lo;
+  return { y: b.mean_cost === null || !span ? null : (b.mean_cost - lo) / span, ref: b.rho };
+}
+
 async function refreshStatus() {
   try {
     const status = await api.status();
     const t = status.time;
-    samples.push({ t, y: status.budget.cloud_fraction, ref: status.budget.rho });
+    samples.push({ t, ...chartPoint(status.budget) });
     while (samples.length && samples[0].t < t - HISTORY_S) samples.shift();
     renderBudget(status);
     const windowS = Math.min(HISTORY_S, Math.max(MIN_WINDOW_S, t - samples[0].t));
@@ -171,7 +227,8 @@ async function refreshStatus() {
 
 function budgetSummary(b) {
   const cap = b.cost_cap ? `${b.cost_cap} cloud calls/min` : "none";
-  return `ρ = ${fmt(b.rho, 2)}, cost cap = ${cap}, α = ${fmt(b.alpha)}`;
+  const rule = b.mode === "arms" ? `λ = ${fmt(b.lambda)}` : `α = ${fmt(b.alpha)}`;
+  return `ρ = ${fmt(b.rho, 2)}, cost cap = ${cap}, ${rule}, cost budget = ${fmt(b.cost_budget, 2)}`;
 }
 
 function adminToken() {

@@ -59,6 +59,7 @@ def serve_request(body: GenerateRequest) -> ServeRequest:
 def route_headers(response: Response, served: Served) -> None:
     response.headers["X-Route-Backend"] = served.route.backend
     response.headers["X-Route-Reason"] = served.route.reason
+    response.headers["X-Route-Arm"] = served.route.arm or served.route.backend
     if served.verify is not None:
         response.headers["X-Route-Escalated"] = "true" if served.verify.escalated else "false"
 
@@ -140,7 +141,16 @@ async def openai_generations(
 async def route(body: ScoreRequest, gw: GatewayDep, client: ClientDep) -> ScoreResponse:
     """Score a prompt and say where it would go now (the budget's caps included); generates and counts nothing."""
     score, decision = await gw.preview(body.prompt, private=body.private)
+    qualities = decision.qualities
+    names = [arm.name for arm in gw_arm_specs(gw)] if qualities is not None else []
     return ScoreResponse(
         prs=score.prs, per_metric=score.per_metric, head=score.head, backend=decision.backend, reason=decision.reason,
-        alpha=decision.alpha, rho=decision.rho,
+        alpha=decision.alpha, rho=decision.rho, arm=decision.arm or decision.backend, lam=decision.lam,
+        arm_quality=dict(zip(names, qualities, strict=True)) if qualities is not None else None,
     )  # fmt: skip
+
+
+def gw_arm_specs(gw: Gateway) -> list:
+    """The arms of an N-arm gateway (none with two arms)."""
+    arm_set = getattr(gw, "arm_set", None)
+    return arm_set.specs if arm_set is not None else []

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from backends.base import ImageBackend
-from gateway.api.deps import BudgetDep, CloudDep, EdgeDep, MetricsDep, SettingsDep
+from gateway.api.deps import BudgetDep, BudgetViewDep, CloudDep, EdgeDep, MetricsDep, SettingsDep
 from gateway.budget import BudgetController
 from gateway.metrics import GatewayMetrics
 
@@ -16,10 +16,13 @@ router = APIRouter()
 
 
 def sample_gauges(
-    metrics: GatewayMetrics, budget: BudgetController, edge: ImageBackend, cloud: ImageBackend | None = None
-) -> None:
-    """Set the gauges that are read, not counted: the budget snapshot, the edge queue depth, the cloud circuit."""
+    metrics: GatewayMetrics, budget: BudgetController, edge: ImageBackend, cloud: ImageBackend | None = None,
+    lam: float | None = None,
+) -> None:  # fmt: skip
+    """Set the gauges that are read, not counted: the budget snapshot, the edge queue depth, the cloud circuit,
+    λ of the N-arm rule (`lam`; None: two arms, 0)."""
     metrics.set_budget(budget.snapshot())
+    metrics.lam.set(lam or 0.0)
     if hasattr(edge, "queue_depth"):
         metrics.set_queue_depth(edge.queue_depth())
     breaker = breaker_status(cloud)
@@ -35,15 +38,21 @@ def breaker_status(cloud: ImageBackend | None) -> dict | None:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def prometheus(metrics: MetricsDep, budget: BudgetDep, edge: EdgeDep, cloud: CloudDep) -> Response:
-    sample_gauges(metrics, budget, edge, cloud)
+async def prometheus(
+    request: Request, metrics: MetricsDep, budget: BudgetDep, edge: EdgeDep, cloud: CloudDep
+) -> Response:
+    arm_set = request.app.state.arm_set
+    sample_gauges(metrics, budget, edge, cloud, lam=arm_set.pacer.lam if arm_set is not None else None)
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 
 
 @router.get("/v1/status", tags=["ops"])
-async def status(request: Request, budget: BudgetDep, edge: EdgeDep, cloud: CloudDep, settings: SettingsDep) -> dict:
-    """Live numbers for dashboards and the console page: budget, readiness, queue depth (no secrets)."""
+async def status(
+    request: Request, budget: BudgetViewDep, edge: EdgeDep, cloud: CloudDep, settings: SettingsDep
+) -> dict:
+    """Live numbers for dashboards and the console page: budget (and each arm's cost, share and mean predicted
+    quality), readiness, queue depth (no secrets)."""
     return {
         "time": time.time(),
         "budget": budget.snapshot(),
