@@ -133,7 +133,12 @@ class MultiRouter(nn.Module):
 
     @torch.no_grad()
     def advantage_from_inputs(
-        self, features: np.ndarray, pooled: np.ndarray | None, tokens: np.ndarray, edge_id: str, cloud_id: str,
+        self,
+        features: np.ndarray,
+        pooled: np.ndarray | None,
+        tokens: np.ndarray,
+        edge_id: str,
+        cloud_id: str,
         models: Sequence[str] = (),
     ) -> MultiScores:
         """Cloud advantage from precomputed inputs (research code passes cached ones); `models`: also their
