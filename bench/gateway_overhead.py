@@ -298,7 +298,7 @@ def router_single_cost(prompts: Sequence[str], n: int = 200, runtime: str = "tor
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from router_model.onnx_runtime import onnx_available
+    from router_model.onnx_runtime import RUNTIMES, onnx_available
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rotating rounds the requests are split into")
     parser.add_argument("--prompts", type=Path, default=COCO)
     parser.add_argument("--router-prompts", type=int, default=200, help="prompts timing the router alone")
-    parser.add_argument("--router-runtime", choices=["torch", "onnx"], default="onnx" if onnx_available() else "torch")
+    parser.add_argument("--router-runtime", choices=RUNTIMES, default="onnx-int8" if onnx_available() else "torch")
     parser.add_argument("--gateway-log", type=Path, help="keep the gateway's log here")
     parser.add_argument("--litellm-log", type=Path, help="keep LiteLLM's log here")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out (no install, no peer rows)")
