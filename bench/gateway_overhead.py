@@ -326,7 +326,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     exe = None if args.no_litellm else ensure_litellm(install=not args.no_install)
     prompts = read_prompts(args.prompts)[:2000]
     router_p50 = router_single_cost(prompts, args.router_prompts, args.router_runtime)
-    env = {"ROUTET2I_ROUTER_RUNTIME": args.router_runtime, "ROUTET2I_ROUTER_CACHE_SIZE": "0"}
+    # No score cache and no exact image cache: router on and router off send the same seeded prompts in each round,
+    # so with the image cache on, whichever ran second was served from it without calling the worker.
+    env = {"ROUTET2I_ROUTER_RUNTIME": args.router_runtime, "ROUTET2I_ROUTER_CACHE_SIZE": "0",
+           "ROUTET2I_CACHE_ENABLED": "false"}  # fmt: skip
     with contextlib.ExitStack() as stack_of:
         tmp = Path(stack_of.enter_context(tempfile.TemporaryDirectory(prefix="routet2i-overhead-")))
         stack = stack_of.enter_context(running_stack(tmp, gateway_log=args.gateway_log, extra_env=env))
