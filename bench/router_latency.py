@@ -36,6 +36,8 @@ CHECKPOINT = DEFAULT_ROUTER  # the checkpoint the gateway serves by default
 TARGET_P50_RATIO = 1.2
 TARGET_THROUGHPUT_RATIO = 0.9
 KEEP_AGREEMENT = 0.99
+TARGET_FASTER = 2.0  # a kept path this much faster (single-prompt p50) than the ONNX fp32 graph (issue 13)
+ONNX_FP32 = "ONNX Runtime fp32"
 
 ScoreFn = Callable[[Sequence[str]], object]
 
@@ -243,6 +245,17 @@ def report(result: dict, args: argparse.Namespace) -> str:
              "yes" if agree >= KEEP_AGREEMENT else "no"]
         )  # fmt: skip
     lines.append(table(["path", "single p50 speed-up", "batched speed-up", "decisions agreeing", "keep"], rows))
+    fp32 = f"router, {ONNX_FP32}"
+    kept = [n for n, a in result["agreement"].items() if a >= KEEP_AGREEMENT and n != ONNX_FP32]
+    if fp32 in p50 and kept:
+        best = min(kept, key=lambda n: p50[f"router, {n}"])
+        ratio = p50[fp32] / p50[f"router, {best}"]
+        lines += [
+            "",
+            f"- Target a kept path ≥ {TARGET_FASTER:g}× faster single-prompt p50 than ONNX Runtime fp32 "
+            f"({p50[fp32]:.2f} ms): fastest kept path {best}, {p50[f'router, {best}']:.2f} ms, **{ratio:.2f}×** "
+            f"({'met' if ratio >= TARGET_FASTER else 'missed'}).",
+        ]
     from router_model.onnx_runtime import onnx_available
 
     lines += [
