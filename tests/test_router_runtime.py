@@ -115,6 +115,8 @@ def test_the_blockwise_graph_computes_the_float_matmul(tmp_path):
     out = session.run(["out"], {"x": x, "z": z})[0]
     exact = x @ weight @ z
     assert np.abs(out - exact).max() < 0.02 * np.abs(exact).max() and not np.array_equal(out, exact)
+    with pytest.raises(ValueError, match="power-of-two"):  # what MatMulNBits refuses at session start
+        quantize_blockwise_int8(source, tmp_path / "q48.onnx", block_size=48)
 
 
 @pytest.mark.slow
