@@ -10,7 +10,8 @@ fp32 graph's PRŜ match torch's to 2e-7 (docs/BENCHMARKS.md). Two int8 variants:
 - "int8-blockwise" (`router_runtime: onnx-int8`): every MatMul weight as 8-bit blocks of 32 along K with
   their own scale (ONNX Runtime's `MatMulNBits`, `accuracy_level` 4: int8 compute with activations also
   quantised in blocks of 32), so an outlier costs precision only in its block; it keeps ≥ 99% of decisions
-  at about twice the fp32 graph's speed on CPUs with int8 dot products (AVX-512 VNNI / AVX-VNNI).
+  and is 1.5-2× faster than the fp32 graph on one prompt on CPUs with int8 dot products (AVX-512 VNNI /
+  AVX-VNNI); batches of 8 or more gain little (ONNX Runtime 1.32's MatMulNBits kernels), see docs/BENCHMARKS.md.
 
 One export detail: the head picks `top = min(top_k, length)` tokens per expert, a Python int the tracer
 would freeze, so inputs are padded to at least `top_k` tokens (padding is masked: same scores) and the
