@@ -298,7 +298,7 @@ def router_single_cost(prompts: Sequence[str], n: int = 200, runtime: str = "tor
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from router_model.onnx_runtime import onnx_available
+    from router_model.onnx_runtime import RUNTIMES, onnx_available
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rotating rounds the requests are split into")
     parser.add_argument("--prompts", type=Path, default=COCO)
     parser.add_argument("--router-prompts", type=int, default=200, help="prompts timing the router alone")
-    parser.add_argument("--router-runtime", choices=["torch", "onnx"], default="onnx" if onnx_available() else "torch")
+    parser.add_argument("--router-runtime", choices=RUNTIMES, default="onnx-int8" if onnx_available() else "torch")
     parser.add_argument("--gateway-log", type=Path, help="keep the gateway's log here")
     parser.add_argument("--litellm-log", type=Path, help="keep LiteLLM's log here")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out (no install, no peer rows)")
@@ -326,7 +326,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     exe = None if args.no_litellm else ensure_litellm(install=not args.no_install)
     prompts = read_prompts(args.prompts)[:2000]
     router_p50 = router_single_cost(prompts, args.router_prompts, args.router_runtime)
-    env = {"ROUTET2I_ROUTER_RUNTIME": args.router_runtime, "ROUTET2I_ROUTER_CACHE_SIZE": "0"}
+    # No score cache and no exact image cache: router on and router off send the same seeded prompts in each round,
+    # so with the image cache on, whichever ran second was served from it without calling the worker.
+    env = {"ROUTET2I_ROUTER_RUNTIME": args.router_runtime, "ROUTET2I_ROUTER_CACHE_SIZE": "0",
+           "ROUTET2I_CACHE_ENABLED": "false"}  # fmt: skip
     with contextlib.ExitStack() as stack_of:
         tmp = Path(stack_of.enter_context(tempfile.TemporaryDirectory(prefix="routet2i-overhead-")))
         stack = stack_of.enter_context(running_stack(tmp, gateway_log=args.gateway_log, extra_env=env))

@@ -11,6 +11,7 @@ import pytest
 
 from bench.markdown import SECTIONS, end_marker, gpu_edge_section, start_marker, write_section
 from bench.overhead_peers import litellm_executable
+from router_model.onnx_runtime import onnx_available
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +66,9 @@ def test_router_latency_smoke(tmp_path):
         assert row in part
     assert "Target full router p50" in part and "python -m bench.router_latency" in part
     assert "## Router cost" in out
+    if onnx_available():  # the gateway's two ONNX runtimes, and the check against the fp32 graph
+        assert "| ONNX Runtime fp32 |" in part and "| ONNX Runtime int8 blockwise weights |" in part
+        assert "faster single-prompt p50 than ONNX Runtime fp32" in part
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The router's faster paths keep its decisions: the score cache of the scoring service, and the ONNX Runtime
-graph (`router_runtime: onnx`, where onnxruntime is installed)."""
+graph in float32 (`router_runtime: onnx`) and with blockwise int8 weights (`onnx-int8`), where onnxruntime is
+installed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from gateway.routing import ScoreCache, ScoringService
-from router_model.onnx_runtime import onnx_available, scorer_for
+from router_model.onnx_runtime import block_int8, onnx_available, quantize_blockwise_int8, scorer_for
 from tests.standins import HashScorer, real_prompts
 from tests.test_routing import LengthScorer
 
@@ -18,7 +19,7 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used():
     cache = ScoreCache(3)
     for i in range(3):
         cache.put(f"p{i}", i / 10, {"m": i})
-    assert cache.get("p0") == (0.0, {"m": 0}, "paper")  # p0 is now the most recent (and which head scored it)
+    assert cache.get("p0") == (0.0, {"m": 0}, "paper", None)  # p0 is now the most recent (and which head scored it)
     cache.put("p3", 0.3, {"m": 3})
     assert len(cache) == 3 and cache.get("p1") is None and cache.get("p0") is not None
     assert all(isinstance(k, bytes) and len(k) == 16 for k in cache._items)  # hashes, never the prompt text
@@ -62,8 +63,60 @@ async def test_concurrent_requests_fill_the_cache_once_each():
 
 
 def test_an_unknown_runtime_is_refused():
-    with pytest.raises(ValueError, match="torch, onnx"):
-        scorer_for(object(), "onnx-int8")
+    with pytest.raises(ValueError, match="torch, onnx, onnx-int8"):
+        scorer_for(object(), "onnx-int4")
+
+
+def test_blockwise_int8_weights_are_what_onnxruntime_packs():
+    """block_int8 lays out and scales the weights exactly as ONNX Runtime's own MatMulNBits quantiser does, and
+    dequantises to within half a step of each block's scale (K not a whole number of blocks: zero-padded)."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(72, 5)).astype(np.float32)
+    weight[:32, 0] = 0.0  # an all-zero block: scale 0, no division by zero
+    packed, scales = block_int8(weight, 32)
+    assert packed.shape == (5, 3, 32) and packed.dtype == np.uint8 and scales.shape == (5, 3)
+    restored = ((packed.astype(np.float32) - 128) * scales[..., None]).reshape(5, -1)[:, :72].T
+    step = np.repeat(np.abs(scales), 32, axis=1)[:, :72].T
+    assert np.all(np.abs(restored - weight) <= step / 2 + 1e-7) and np.all(restored[:32, 0] == 0)
+    pybind = pytest.importorskip("onnxruntime.capi._pybind_state")
+    if not hasattr(pybind, "quantize_matmul_8bits"):
+        pytest.skip("this onnxruntime has no 8-bit MatMulNBits quantiser to compare with")
+    theirs, their_scales = np.zeros((5, 3, 32), np.uint8), np.zeros((5, 3), np.float32)
+    padded = np.pad(weight, ((0, 24), (0, 0)))
+    pybind.quantize_matmul_8bits(theirs, padded, their_scales, np.zeros((5, 3), np.uint8), 32, 5, 96, True)
+    assert np.array_equal(packed, theirs) and np.allclose(scales, their_scales, rtol=0, atol=1e-9)
+
+
+@pytest.mark.skipif(not onnx_available(), reason="onnxruntime/onnx not installed (pip install 'routet2i[onnx]')")
+def test_the_blockwise_graph_computes_the_float_matmul(tmp_path):
+    """A one-MatMul graph quantised by quantize_blockwise_int8 runs in ONNX Runtime (MatMulNBits) and stays
+    within the int8 error of the float product; a MatMul of two activations is left alone."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    weight = rng.normal(size=(64, 16)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj"), helper.make_node("MatMul", ["y", "z"], ["out"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [16, 2])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", 2])],
+        [numpy_helper.from_array(weight, "w")],
+    )  # fmt: skip
+    source = tmp_path / "f.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    quantised = onnx.load(str(quantize_blockwise_int8(source, tmp_path / "q.onnx")))
+    assert [n.op_type for n in quantised.graph.node] == ["MatMulNBits", "MatMul"]
+    assert "w" not in {t.name for t in quantised.graph.initializer}
+    x, z = rng.normal(size=(3, 64)).astype(np.float32), rng.normal(size=(16, 2)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(["out"], {"x": x, "z": z})[0]
+    exact = x @ weight @ z
+    assert np.abs(out - exact).max() < 0.02 * np.abs(exact).max() and not np.array_equal(out, exact)
+    with pytest.raises(ValueError, match="power-of-two"):  # what MatMulNBits refuses at session start
+        quantize_blockwise_int8(source, tmp_path / "q48.onnx", block_size=48)
 
 
 @pytest.mark.slow
@@ -84,3 +137,27 @@ def test_the_onnx_graph_agrees_with_torch_on_real_prompts(tmp_path, monkeypatch)
     assert np.abs(batched - reference).max() < 1e-4 and np.abs(single - reference[:50]).max() < 1e-4
     assert agreement(reference, batched, rho=0.3) >= 0.99
     assert list(tmp_path.glob("router-*.onnx")), "the exported graph is cached"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not onnx_available(), reason="onnxruntime/onnx not installed (pip install 'routet2i[onnx]')")
+def test_the_blockwise_int8_graph_keeps_99_percent_of_decisions_on_real_prompts(tmp_path, monkeypatch):
+    """`router_runtime: onnx-int8` on the real MiniLM and the shipped checkpoint: ≥ 99% of the decisions PRŜ < α
+    (α calibrated at ρ = 0.3) of the torch router on 1,000 COCO captions, one at a time as in a batch; the
+    scores differ (it is not the float graph) but by little."""
+    import torch
+
+    from bench.router_latency import agreement, load_router
+
+    monkeypatch.setenv("ROUTET2I_ONNX_CACHE", str(tmp_path))
+    torch.set_num_threads(1)
+    router = load_router()
+    graph = scorer_for(router, "onnx-int8")
+    assert graph.model_path.name.endswith("-int8-block.onnx")
+    prompts = real_prompts(1000)
+    reference = router.score(prompts).prs
+    batched = graph.score(prompts).prs
+    single = np.concatenate([graph.score([p]).prs for p in prompts[:50]])
+    assert np.abs(single - batched[:50]).max() < 5e-3  # padding to the batch's length changes int8 blocks a little
+    assert 0 < np.abs(batched - reference).max() < 0.05
+    assert agreement(reference, batched, rho=0.3) >= 0.99

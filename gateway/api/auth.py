@@ -6,22 +6,26 @@ from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import BearerDep
 from gateway.keys import ApiKey, ClientGate, ClientRefused
 from gateway.serving import ServeRequest
 
 
-def get_clients(request: Request) -> ClientGate:
+async def get_clients(request: Request) -> ClientGate:
     return request.app.state.clients
 
 
 ClientsDep = Annotated[ClientGate, Depends(get_clients)]
 
 
-def get_client(clients: ClientsDep, credentials: BearerDep) -> ApiKey | None:
-    """The caller's key (None: anonymous on an open gateway); 401 when a key is required and not valid."""
-    return clients.authenticate(credentials.credentials if credentials is not None else None)
+async def get_client(clients: ClientsDep, credentials: BearerDep) -> ApiKey | None:
+    """The caller's key (None: anonymous on an open gateway); 401 when a key is required and not valid.
+    A bearer token is looked up in the thread pool (the registry may be Redis); no token needs no lookup."""
+    if credentials is None:
+        return clients.authenticate(None)
+    return await run_in_threadpool(clients.authenticate, credentials.credentials)
 
 
 ClientDep = Annotated[ApiKey | None, Depends(get_client)]

@@ -1,4 +1,7 @@
-"""FastAPI dependencies: the components `create_app` put on `app.state`, and the admin check."""
+"""FastAPI dependencies: the components `create_app` put on `app.state`, and the admin check.
+
+The accessors are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop (and
+two event-loop wake-ups) per dependency per request for what is an attribute read."""
 
 from __future__ import annotations
 
@@ -21,35 +24,35 @@ from gateway.settings import Settings
 audit = logging.getLogger("routet2i.audit")
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     """The request service; 503 until the lifespan has loaded the router and the edge."""
     if not hasattr(request.app.state, "gateway"):
         raise HTTPException(503, "the gateway is starting", headers={"Retry-After": "5"})
     return request.app.state.gateway
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_budget(request: Request) -> BudgetController:
+async def get_budget(request: Request) -> BudgetController:
     return request.app.state.budget
 
 
-def get_budget_view(request: Request) -> BudgetView:
+async def get_budget_view(request: Request) -> BudgetView:
     state = request.app.state
     return BudgetView(state.budget, state.arm_set, state.arm_specs)
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
-def get_edge(request: Request) -> ImageBackend:
+async def get_edge(request: Request) -> ImageBackend:
     return request.app.state.edge
 
 
-def get_cloud(request: Request) -> ImageBackend | None:
+async def get_cloud(request: Request) -> ImageBackend | None:
     return request.app.state.cloud
 
 
