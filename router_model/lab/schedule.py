@@ -47,9 +47,7 @@ class Schedule:
         return self.piece is not None
 
 
-def schedule_for(
-    n_fit: int, epochs: int, patience: int, batch_size: int, lr: float, scale: bool = True
-) -> Schedule:
+def schedule_for(n_fit: int, epochs: int, patience: int, batch_size: int, lr: float, scale: bool = True) -> Schedule:
     """The schedule of a head trained on `n_fit` prompts (the module docstring says why and how)."""
     if not scale or n_fit < SCALE_FROM:
         return Schedule(epochs, checks_per_epoch=1, patience=patience, batch_size=batch_size, lr=lr, piece=None)
