@@ -57,19 +57,22 @@ def single_thread(enabled: bool) -> Iterator[None]:
 
 @dataclasses.dataclass
 class Batches:
-    """Token states (cached) or prompts (fine-tuning) with their labels, on the training device."""
+    """Token states (cached) or prompts (fine-tuning) with their labels, on the training device.
+
+    With `rows`, example i's token states are row `rows[i]` of `states` (a view of shared states, not a copy)."""
 
     prompts: list[str]
     distances: torch.Tensor
     prs: torch.Tensor
     states: TokenStates | None
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def inputs(self, index: Sequence[int], encoder: TextEncoder | None, device: torch.device) -> TokenStates:
         if self.states is not None:
-            part = self.states.subset(index)
+            part = self.states.subset(index if self.rows is None else self.rows[torch.as_tensor(index)])
             return TokenStates(part.states.to(device), part.mask.to(device))
         assert encoder is not None
         return encoder.forward_tokens(encoder.tokenize([self.prompts[i] for i in index]))

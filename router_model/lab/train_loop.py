@@ -113,7 +113,8 @@ def fit_single(
             prompts=[train[i].prompt for i in index],
             distances=torch.tensor(distances[index], dtype=torch.float32, device=run_device),
             prs=torch.tensor(prs[index], dtype=torch.float32, device=run_device),
-            states=token_states.subset(index) if token_states is not None else None,
+            states=token_states,
+            rows=torch.as_tensor(index, dtype=torch.long),
         )
 
     fit_data, val_data = batches_for(fit_idx), batches_for(val_idx) if val_idx else None
