@@ -98,8 +98,8 @@ def run_pair(name: str, args: argparse.Namespace) -> dict[str, Any]:
         states = encode_examples(examples, cache_dir=cache, log=lambda *_: None)
         read_s = time.perf_counter() - started
     started = time.perf_counter()
-    result = evaluate(examples, methods=default_methods(), folds=5, seed=0, states=states, bootstrap=args.bootstrap,
-                      log=None)  # fmt: skip
+    methods = args.methods or default_methods()
+    result = evaluate(examples, methods=methods, folds=5, seed=0, states=states, bootstrap=args.bootstrap, log=None)
     evaluate_s = time.perf_counter() - started
     legacy = legacy_epoch_seconds(examples, states, args.legacy_epochs) if args.legacy_epochs > 0 else None
     return {
@@ -178,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--legacy-epochs", type=int, default=2, help="epochs of the unscaled head timed (0: skip)")
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: every default method)")
     parser.add_argument("--limit", type=int, help="only the first N prompts of each pair (a smoke run)")
     parser.add_argument("--work", type=Path, default=ROOT, help="where the imported datasets go (under runs/data/)")
     add_output_arguments(parser)

@@ -105,7 +105,8 @@ def test_budget_tracking_smoke(tmp_path):
 def test_train_scaling_smoke(tmp_path):
     page = tmp_path / "BENCHMARKS.md"
     run_bench("bench.train_scaling", "--pairs", "genai", "--limit", "100", "--bootstrap", "0", "--legacy-epochs", "1",
-              "--work", str(tmp_path), "--out", str(page))  # fmt: skip
+              "--methods", "prompt_length", "routellm_bert", "routet2i", "--work", str(tmp_path), "--out", str(page),
+              timeout=600)  # fmt: skip
     part = section(page.read_text(), "train-scaling")
     assert "### GenAI-Bench SD 2.1 → DALL·E 3" in part and "| routet2i |" in part and "| prompt_length |" in part
     assert "100 prompts" in part and "Before (the unscaled loop" in part and "python -m bench.train_scaling" in part
