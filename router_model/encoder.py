@@ -85,13 +85,23 @@ class TextEncoder:
 
     @torch.inference_mode()
     def encode(self, prompts: Sequence[str], batch_size: int = 64) -> TokenStates:
-        """Token states for many prompts, padded to the longest prompt of all (for caching)."""
-        parts = [
-            self.forward_tokens(self.tokenize(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)
-        ]
-        if not parts:
+        """Token states for many prompts, padded to the longest prompt of all (for caching).
+
+        Prompts are run in batches of similar token length (then put back in order), so a batch pads to
+        its own longest prompt rather than to a long outlier: on 10k mixed-length prompts several times faster."""
+        prompts = list(prompts)
+        if not prompts:
             raise ValueError("no prompts to encode")
+        ids = self.tokenizer(prompts, truncation=True, max_length=self.max_length)["input_ids"]
+        lengths = [len(row) for row in ids]
+        order = sorted(range(len(prompts)), key=lengths.__getitem__)
+        parts = [
+            self.forward_tokens(self.tokenize([prompts[j] for j in order[i : i + batch_size]]))
+            for i in range(0, len(prompts), batch_size)
+        ]
         length = max(p.states.shape[1] for p in parts)
         states = torch.cat([torch.nn.functional.pad(p.states, (0, 0, 0, length - p.states.shape[1])) for p in parts])
         mask = torch.cat([torch.nn.functional.pad(p.mask, (0, length - p.mask.shape[1])) for p in parts])
-        return TokenStates(states.cpu(), mask.cpu())
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        return TokenStates(states[back].cpu(), mask[back].cpu())

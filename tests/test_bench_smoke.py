@@ -104,3 +104,14 @@ def test_budget_tracking_smoke(tmp_path):
     part = section(page.read_text(), "budget-tracking")
     assert "| live controller |" in part and "| fixed offline α |" in part
     assert "ΔP labelled" in part and "genai-bench" in part
+
+
+def test_train_scaling_smoke(tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    run_bench("bench.train_scaling", "--pairs", "genai", "--limit", "100", "--bootstrap", "0", "--legacy-epochs", "1",
+              "--methods", "prompt_length", "routellm_bert", "routet2i", "--work", str(tmp_path), "--out", str(page),
+              timeout=600)  # fmt: skip
+    part = section(page.read_text(), "train-scaling")
+    assert "### GenAI-Bench SD 2.1 → DALL·E 3" in part and "| routet2i |" in part and "| prompt_length |" in part
+    assert "100 prompts" in part and "Before (the unscaled loop" in part and "python -m bench.train_scaling" in part
+    assert (tmp_path / "runs" / "data" / "genai_sd21_dalle3.jsonl").exists()

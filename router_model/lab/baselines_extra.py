@@ -241,6 +241,7 @@ class _ModelQualityRouter(BaseRouter):
         x = (x - self.mean) / self.std
         p_tr, m_tr, y_tr = self._rows(tr, e_ids, c_ids, q_e, q_c)
         p_val, m_val, y_val = self._rows(val, e_ids, c_ids, q_e, q_c)
+        x_tr = x[tr]  # the penalty's rows, gathered once rather than every epoch
         best: tuple[float, nn.Module | None] = (float("inf"), None)
         with torch_threads(1):
             for wd in self.weight_decays:
@@ -251,7 +252,7 @@ class _ModelQualityRouter(BaseRouter):
                 for _ in range(self.epochs):
                     module.train()
                     opt.zero_grad()
-                    loss = nn.functional.mse_loss(module(x, p_tr, m_tr), y_tr) + module.penalty(x[tr])
+                    loss = nn.functional.mse_loss(module(x, p_tr, m_tr), y_tr) + module.penalty(x_tr)
                     loss.backward()
                     opt.step()
                     module.eval()

@@ -11,7 +11,7 @@ import torch
 
 from router_model.encoder import TextEncoder, TokenStates
 from router_model.lab.data import DatasetError, RoutingExample, kfold_splits, quality_arrays
-from router_model.model import RouterConfig
+from router_model.model import RouterConfig, RouteT2IRouter
 from router_model.prs import PRSStats, fit_prs_stats, normalized_distances, prs_from_distances
 
 
@@ -57,13 +57,16 @@ def single_thread(enabled: bool) -> Iterator[None]:
 
 @dataclasses.dataclass
 class Batches:
-    """Token states (cached) or prompts (fine-tuning) with their labels, on the training device."""
+    """Token states (cached) or prompts (fine-tuning) with their labels, on the training device.
+
+    With `rows`, example i's token states are row `rows[i]` of `states` (a view of shared states, not a copy)."""
 
     prompts: list[str]
     distances: torch.Tensor
     prs: torch.Tensor
     states: TokenStates | None
-    features: torch.Tensor | None = None  # the prior's text features (None: the router has no prior)
+    rows: torch.Tensor | None = None
+    features: torch.Tensor | None = None  # the prior's text features, one row per example (None: no prior)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -73,7 +76,7 @@ class Batches:
 
     def inputs(self, index: Sequence[int], encoder: TextEncoder | None, device: torch.device) -> TokenStates:
         if self.states is not None:
-            part = self.states.subset(index)
+            part = self.states.subset(index if self.rows is None else self.rows[torch.as_tensor(index)])
             return TokenStates(part.states.to(device), part.mask.to(device))
         assert encoder is not None
         return encoder.forward_tokens(encoder.tokenize([self.prompts[i] for i in index]))
@@ -91,3 +94,36 @@ def resolve_stats(train: Sequence[RoutingExample], stats: PRSStats | None, confi
             "use the statistics of this dataset (its .prs.json sidecar) or let training fit them"
         )
     return stats
+
+
+def check_periods(
+    n: int, batch_size: int, generator: torch.Generator, epochs: int, checks_per_epoch: int
+) -> Iterator[tuple[int | float, list[torch.Tensor]]]:
+    """(epoch label, index batches) between two validation checks: each epoch one random permutation cut into
+    batches, the batches cut into `checks_per_epoch` runs (one run per epoch: the classic loop)."""
+    for epoch in range(1, epochs + 1):
+        batches = torch.randperm(n, generator=generator).split(batch_size)
+        runs = [r for r in np.array_split(np.arange(len(batches)), checks_per_epoch) if len(r)]
+        for q, run in enumerate(runs, 1):
+            label = epoch if len(runs) == 1 else round(epoch - 1 + q / len(runs), 4)
+            yield label, [batches[i] for i in run]
+
+
+def batch_logits(
+    router: RouteT2IRouter, x: TokenStates, piece: int | None, features: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`router.logits` of one batch as training sees it (the tower at full weight on top of the prior, given the
+    batch's prior `features`); with `piece`, computed in length-sorted pieces of that many prompts.
+
+    A prompt's logits do not depend on the other prompts of its batch or on padding, so the pieces give the
+    same values (up to dropout draws) while each piece pads only to its own longest prompt."""
+    if piece is None or len(x) <= piece:
+        return router.logits(x.states, x.mask, features, residual_scale=1.0)
+    lengths = x.mask.sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    parts = []
+    for chunk in order.split(piece):
+        width = max(int(lengths[chunk].max()), 1)
+        part_features = features[chunk] if features is not None else None
+        parts.append(router.logits(x.states[chunk, :width], x.mask[chunk, :width], part_features, residual_scale=1.0))
+    return torch.cat(parts)[torch.argsort(order)]

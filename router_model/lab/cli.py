@@ -178,7 +178,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     methods = args.methods or default_methods(args.ablations)
     if args.router:
         methods = [m for m in methods if m != "routet2i"]
-    common = {"seed": args.seed, "bootstrap": args.bootstrap, "router_dir": args.router}
+    common = {"seed": args.seed, "bootstrap": args.bootstrap, "router_dir": args.router, "cache_dir": args.cache_dir}
     if args.data:
         result = evaluate(test, methods=methods, folds=args.folds, ablations=args.ablations, repeats=args.repeats,
                           **common)  # fmt: skip
@@ -328,7 +328,11 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
         "the other sets, tested on each set's natural pair",
     )
     p.add_argument("--held-out", help="--lodo: only these held-out sets (comma-separated; default all with a pair)")
-    p.add_argument("--cache-dir", default="runs/cache", help="--lodo: encoder inputs cache (a re-run encodes nothing)")
+    p.add_argument(
+        "--cache-dir",
+        default="runs/cache",
+        help="encoder token states (and --lodo inputs) cached here: a re-run on the same prompts encodes nothing",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="offline α for a budget ρ on calibration prompts")

@@ -7,6 +7,7 @@ repeated with several split seeds, or one train/test split; a given checkpoint c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,17 @@ def default_methods(ablations: bool = False, include_routet2i: bool | None = Non
     return methods
 
 
-def encode_examples(examples: Sequence[RoutingExample], encoder: str | TextEncoder = DEFAULT_ENCODER) -> TokenStates:
-    """Token states of all prompts, once (then sliced per fold with `TokenStates.subset`)."""
-    enc = encoder if isinstance(encoder, TextEncoder) else TextEncoder(encoder)
-    return enc.encode([ex.prompt for ex in examples])
+def encode_examples(
+    examples: Sequence[RoutingExample],
+    encoder: str | TextEncoder = DEFAULT_ENCODER,
+    cache_dir: str | Path | None = None,
+    log: Callable[..., Any] = print,
+) -> TokenStates:
+    """Token states of all prompts, each distinct prompt once (then sliced per fold with `TokenStates.subset`);
+    with `cache_dir`, read from / written to the on-disk cache of `state_cache`."""
+    from router_model.lab.state_cache import cached_token_states
+
+    return cached_token_states([ex.prompt for ex in examples], cache_dir, encoder, log=log)
 
 
 def out_of_fold_scores(
@@ -77,13 +85,15 @@ def out_of_fold_scores(
     factories: dict[str, Callable[[], BaseRouter]],
     states: TokenStates | None,
     log: Callable[..., Any] = print,
+    seconds: dict[str, list[float]] | None = None,
 ) -> dict[str, list[np.ndarray]]:
     """For each method and split: a fresh router fitted on the train part, scores on the test part.
 
     Runs torch on one thread: the routers are small, and intra-op threads cost more than they save
-    (on a busy 2-core machine, RouteT2I trains over ten times faster this way)."""
+    (on a busy 2-core machine, RouteT2I trains over ten times faster this way). `seconds`, when given,
+    receives each method's wall time (fit + scoring) per split."""
     with torch_threads(1):
-        return _out_of_fold_scores(examples, splits, factories, states, log)
+        return _out_of_fold_scores(examples, splits, factories, states, log, seconds if seconds is not None else {})
 
 
 def _out_of_fold_scores(
@@ -92,6 +102,7 @@ def _out_of_fold_scores(
     factories: dict[str, Callable[[], BaseRouter]],
     states: TokenStates | None,
     log: Callable[..., Any],
+    seconds: dict[str, list[float]],
 ) -> dict[str, list[np.ndarray]]:
     scores: dict[str, list[np.ndarray]] = {name: [] for name in factories}
     for fold, (train_idx, test_idx) in enumerate(splits):
@@ -102,12 +113,14 @@ def _out_of_fold_scores(
         test_states = states.subset(test_idx) if states is not None else None
         for name, factory in factories.items():
             log(f"fold {fold + 1}/{len(splits)}: {name}")
+            started = time.perf_counter()
             router = factory()
             router.fit(train if getattr(router, "uses_model_ids", False) else one_pair, train_states)
             values = np.asarray(router.cloud_advantage(test, test_states), dtype=np.float64)
             if values.shape != (len(test),):
                 raise RuntimeError(f"{name} returned {values.shape} scores for {len(test)} prompts")
             scores[name].append(values)
+            seconds.setdefault(name, []).append(round(time.perf_counter() - started, 3))
     return scores
 
 
@@ -206,6 +219,7 @@ def evaluate(
     routet2i_kwargs: dict[str, Any] | None = None,
     repeats: int = 1,
     log: Callable[..., Any] | None = print,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate routing methods on `examples`.
 
@@ -220,7 +234,9 @@ def evaluate(
     as method "checkpoint" (never trained; scored with its own encoder; only meaningful on prompts it
     was not trained on). `states` are precomputed token states of the evaluated prompts (of
     train_examples + examples in the train/test mode). Names of methods: `baselines.ROUTERS` plus
-    "checkpoint". `protocols` wraps the train/test and checkpoint-only modes for several training sets.
+    "checkpoint". `cache_dir` keeps the encoder's token states on disk (`state_cache`): a re-run on the
+    same prompts and encoder encodes nothing. `protocols` wraps the train/test and checkpoint-only modes for
+    several training sets.
     """
     log = log or (lambda *_a, **_k: None)
     examples = list(examples)
@@ -244,8 +260,7 @@ def evaluate(
     everything = (train_examples or []) + examples
     needs_states = any(n not in {"random", "noun_count", "oracle", "checkpoint"} for n in names)
     if states is None and needs_states:
-        log(f"encoding {len(everything)} prompts once")
-        states = encode_examples(everything, encoder)
+        states = encode_examples(everything, encoder, cache_dir, log=log)
     if states is not None and len(states) != len(everything):
         raise ValueError(f"{len(states)} token-state rows for {len(everything)} prompts")
 
@@ -277,7 +292,8 @@ def evaluate(
         return lambda: make_router(name, seed=seed)
 
     factories = {name: factory(name) for name in names}
-    scores = out_of_fold_scores(pool, splits, factories, states, log=log)
+    seconds: dict[str, list[float]] = {}
+    scores = out_of_fold_scores(pool, splits, factories, states, log=log, seconds=seconds)
 
     dims = list(examples[0].metrics)
     q_e_all, q_c_all = (
@@ -314,4 +330,5 @@ def evaluate(
         | {name: result_methods[name]["per_dimension"] for name in names},
         "bootstrap": bootstrap_result,
         "bootstrap_prompt_length": bootstrap_length,
+        "seconds_per_fold": seconds,
     }

@@ -53,6 +53,7 @@ def train_router(
     encoder_lr: float = 2e-5,
     select_by: str = "loss",
     val_fold: int = 0,
+    scale: bool = True,
 ) -> RouteT2IRouter:
     """Train a router on `train` (one model pair, one metric set) and return it in eval mode.
 
@@ -62,7 +63,8 @@ def train_router(
     `config.members` = M > 1 each member j is trained as a single head on validation fold
     `val_fold + j` and seed `seed + j` (see the module docstring). With `finetune_encoder` the
     encoder is trained too (in place, at `encoder_lr`) and saved with the checkpoint; that needs
-    `members=1` (one encoder cannot be fine-tuned for several heads).
+    `members=1` (one encoder cannot be fine-tuned for several heads). With `scale` (the default), a head
+    with thousands of training prompts counts its budget in prompts seen, not epochs (`schedule`).
     """
     started = time.perf_counter()
     emit = log or (lambda _line: None)
@@ -108,6 +110,7 @@ def train_router(
                 rank_weight=rank_weight,
                 weight_decay=weight_decay,
                 select_by=select_by,
+                scale=scale,
             ),
         )
     return fit_single(
@@ -132,6 +135,7 @@ def train_router(
         select_by=select_by,
         val_fold=val_fold,
         started=started,
+        scale=scale,
     )
 
 

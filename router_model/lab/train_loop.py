@@ -13,9 +13,18 @@ import numpy as np
 import torch
 
 from router_model.encoder import TextEncoder, TokenStates, pick_device
-from router_model.lab.batches import Batches, prs_targets, resolve_stats, single_thread, validation_split
+from router_model.lab.batches import (
+    Batches,
+    batch_logits,
+    check_periods,
+    prs_targets,
+    resolve_stats,
+    single_thread,
+    validation_split,
+)
 from router_model.lab.data import RoutingExample
 from router_model.lab.losses import router_loss, spearman
+from router_model.lab.schedule import schedule_for
 from router_model.model import RouterConfig, RouteT2IRouter
 from router_model.prior import FeaturePrior
 from router_model.prs import PRSStats
@@ -28,6 +37,7 @@ def validate(
     device: torch.device,
     batch_size: int,
     rank_weight: float,
+    piece: int | None = None,
 ) -> tuple[float, float]:
     """(validation loss, Spearman of PRŜ vs PRS)."""
     router.eval()
@@ -36,7 +46,7 @@ def validate(
         for start in range(0, len(data), batch_size):
             index = list(range(start, min(start + batch_size, len(data))))
             x = data.inputs(index, encoder, device)
-            logits = router.logits(x.states, x.mask, data.features_of(index), residual_scale=1.0)
+            logits = batch_logits(router, x, piece, data.features_of(index))
             prs_hat = torch.sigmoid(logits) @ router.metric_weights
             loss = router_loss(
                 logits,
@@ -74,6 +84,7 @@ def fit_single(
     select_by: str,
     val_fold: int,
     started: float,
+    scale: bool = True,
 ) -> RouteT2IRouter:
     """Train one head (arguments as `train.train_router`, already checked there) and return it in eval mode."""
     torch.manual_seed(seed)
@@ -96,6 +107,7 @@ def fit_single(
 
     distances, prs = prs_targets(train, stats)
     fit_idx, val_idx = validation_split(train, val_fraction, seed, fold=val_fold)
+    plan = schedule_for(len(fit_idx), epochs, patience, batch_size, lr, scale and not finetune_encoder)
 
     prior_features = None
     if config.prior is not None:
@@ -107,13 +119,14 @@ def fit_single(
             prompts=[train[i].prompt for i in index],
             distances=torch.tensor(distances[index], dtype=torch.float32, device=run_device),
             prs=torch.tensor(prs[index], dtype=torch.float32, device=run_device),
-            states=token_states.subset(index) if token_states is not None else None,
+            states=token_states,
+            rows=torch.as_tensor(index, dtype=torch.long),
             features=prior_features[index] if prior_features is not None else None,
         )
 
     fit_data, val_data = batches_for(fit_idx), batches_for(val_idx) if val_idx else None
     router = RouteT2IRouter(config, encoder=encoder).to(run_device)
-    groups: list[dict[str, Any]] = [{"params": list(router.parameters()), "lr": lr}]
+    groups: list[dict[str, Any]] = [{"params": list(router.parameters()), "lr": plan.lr}]
     if finetune_encoder:
         encoder.model.requires_grad_(True)
         groups.append({"params": [p for p in encoder.model.parameters() if p.requires_grad], "lr": encoder_lr})
@@ -123,22 +136,25 @@ def fit_single(
     from tqdm.auto import tqdm
 
     history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"epoch": 0, "key": (-math.inf, -math.inf), "state": None, "encoder": None}
+    best: dict[str, Any] = {"check": 0, "epoch": 0, "key": (-math.inf, -math.inf), "state": None, "encoder": None}
     log(
         f"training router: {len(fit_idx)} train / {len(val_idx)} validation prompts, metrics {config.metrics}, "
         f"device {run_device}, {'fine-tuned' if finetune_encoder else 'frozen'} encoder {config.encoder}"
     )
     with single_thread(run_device.type == "cpu" and not finetune_encoder):
-        bar = tqdm(range(1, epochs + 1), desc="train router", disable=not progress, leave=False)
-        for epoch in bar:
+        periods = check_periods(len(fit_data), plan.batch_size, generator, plan.epochs, plan.checks_per_epoch)
+        bar = tqdm(periods, total=plan.epochs * plan.checks_per_epoch, desc="train router", disable=not progress,
+                   leave=False)  # fmt: skip
+        for check, (epoch, chunks) in enumerate(bar, 1):
             router.train()
             if finetune_encoder:
                 encoder.model.train()
-            total = 0.0
-            for chunk in torch.randperm(len(fit_data), generator=generator).split(batch_size):
+            total, seen = 0.0, 0
+            for chunk in chunks:
                 index = chunk.tolist()
+                seen += len(index)
                 x = fit_data.inputs(index, encoder if finetune_encoder else None, run_device)
-                logits = router.logits(x.states, x.mask, fit_data.features_of(index), residual_scale=1.0)
+                logits = batch_logits(router, x, plan.piece, fit_data.features_of(index))
                 prs_hat = torch.sigmoid(logits) @ router.metric_weights
                 loss = router_loss(
                     logits,
@@ -154,10 +170,10 @@ def fit_single(
                 total += loss.item() * len(index)
             if finetune_encoder:
                 encoder.model.eval()
-            record = {"epoch": epoch, "train_loss": total / len(fit_data)}
+            record = {"epoch": epoch, "train_loss": total / seen}
             if val_data is not None:
                 record["val_loss"], record["val_spearman"] = validate(
-                    router, val_data, encoder if finetune_encoder else None, run_device, 256, rank_weight
+                    router, val_data, encoder if finetune_encoder else None, run_device, 256, rank_weight, plan.piece
                 )
                 rho = record["val_spearman"]
                 rho = rho if not math.isnan(rho) else -math.inf
@@ -166,12 +182,12 @@ def fit_single(
                 key = (-math.inf, -record["train_loss"])
             improved = key > best["key"]
             if improved:
-                best.update(epoch=epoch, key=key, state=copy.deepcopy(router.state_dict()))
+                best.update(check=check, epoch=epoch, key=key, state=copy.deepcopy(router.state_dict()))
                 if finetune_encoder:
                     best["encoder"] = copy.deepcopy(encoder.model.state_dict())
             history.append(record)
             log(
-                f"epoch {epoch:3d}  train_loss {record['train_loss']:.4f}"
+                f"epoch {epoch:3g}  train_loss {record['train_loss']:.4f}"
                 + (
                     f"  val_loss {record['val_loss']:.4f}  val_spearman {record['val_spearman']:+.3f}"
                     if val_data is not None
@@ -180,8 +196,9 @@ def fit_single(
                 + ("  *" if improved else "")
             )
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
-            if epoch - best["epoch"] >= patience and val_data is not None:
-                log(f"early stop: no validation improvement for {patience} epochs (best epoch {best['epoch']})")
+            if check - best["check"] >= plan.patience and val_data is not None:
+                unit = "epochs" if plan.checks_per_epoch == 1 else "checks"
+                log(f"early stop: no validation improvement for {plan.patience} {unit} (best epoch {best['epoch']})")
                 break
         bar.close()
 
@@ -190,7 +207,7 @@ def fit_single(
         encoder.model.load_state_dict(best["encoder"])
         encoder.model.eval().requires_grad_(False)
     router.eval()
-    best_record = history[best["epoch"] - 1]
+    best_record = history[best["check"] - 1]
     router.training_summary = {
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
@@ -211,6 +228,7 @@ def fit_single(
             "finetune_encoder": finetune_encoder,
             "select_by": select_by,
             "val_fold": val_fold,
+            "schedule": dataclasses.asdict(plan),
         },
         "config": config.to_dict(),
         "history": [{k: finite(v) for k, v in record.items()} for record in history],
