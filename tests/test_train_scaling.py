@@ -88,7 +88,9 @@ def test_training_in_pieces_keeps_the_scores(encoder, monkeypatch):
     texts = [ex.prompt for ex in held_out]
     test_states = encoder.encode(texts)
     np.testing.assert_allclose(
-        pieces.score_states(test_states, prompts=texts).prs, whole.score_states(test_states, prompts=texts).prs, atol=1e-4
+        pieces.score_states(test_states, prompts=texts).prs,
+        whole.score_states(test_states, prompts=texts).prs,
+        atol=1e-4,
     )
     assert pieces.training_summary["hyperparameters"]["schedule"]["piece"] == 5
 
