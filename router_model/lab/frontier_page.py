@@ -98,6 +98,19 @@ def _ci(m: dict) -> str:
     return f"{number(m['estimate'], 3)} [{number(m['ci_low'], 3)}, {number(m['ci_high'], 3)}]"
 
 
+def predictor_line(folds: list[dict]) -> str:
+    """Which predictor each fold kept, with the inner hold-out errors and the ridge's tuned values."""
+    parts = []
+    for i, f in enumerate(folds):
+        text = f"fold {i + 1}: {f['predictor']}"
+        if "inner_mse_irt" in f:
+            text += f" (inner error IRT {f['inner_mse_irt']:.4g}, ridge {f['inner_mse_ridge']:.4g})"
+        if "alpha" in f:
+            text += f", α {f['alpha']:g}, α_e {f['emb_alpha']:g}, γ {f['gamma']:g}"
+        parts.append(text)
+    return "Predictor per fold: " + ("; ".join(parts) if parts else "not recorded") + "."
+
+
 def section(result: dict, title: str, png: str) -> str:
     models = result["models"]
     prices = PRICES.get(result["dataset"], {})
@@ -136,6 +149,8 @@ def section(result: dict, title: str, png: str) -> str:
             f"{result['prompts']} prompts rated on all {len(models)} models, {result['folds']}-fold by prompt; "
             f"quality = mean of {', '.join(result['dimensions'])}; cost in {unit}; cheapest `{result['cheapest']}`, "
             f"best `{result['best']}`; {result['seconds']:.0f} s.",
+            "",
+            predictor_line(result.get("predictor_folds", [])),
             "",
             f"![{result['dataset']} frontier]({png})",
             "",
