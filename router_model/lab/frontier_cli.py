@@ -22,7 +22,14 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     from router_model.lab.frontier import run_frontier
 
     result = run_frontier(
-        args.test, args.train or (), args.costs, args.dimension, args.folds, args.cache, args.bootstrap, args.seed,
+        args.test,
+        args.train or (),
+        args.costs,
+        args.dimension,
+        args.folds,
+        args.cache,
+        args.bootstrap,
+        args.seed,
         args.predictor,
     )
     out = Path(args.json)

@@ -214,17 +214,23 @@ the grid spans the two curves' common budgets. CIs resample the test prompts wit
 
 ## Reading (the tables below are regenerated; this paragraph is fixed text and quotes no number)
 
-- **N-arm vs the best two-arm router: a tie** (see the margins table). The two-arm bar is an envelope over
-  every pair, chosen with the test labels, so a tie is what an unbiased N-arm router with the same predictor
-  can be expected to show. The issue's target "N-arm ≥ two-arm at every cost" is **not shown**.
-- **N-arm vs the length policy:** ahead where the cheapest arm is weak (a GAN on AGIQA-3K and AIGCIQA2023,
-  which the length policy must use) and on CEMS; on GenAI-Bench, where the cheapest arm (SDXL-Turbo) is good,
-  the length policy is as good: not shown either.
+- **Predictor: the ridge wins the inner comparison** on nearly every fold of every set (the "Predictor per
+  fold" line of each set), always with a non-zero γ: the embedding pays only as a shrunk correction of the
+  cheap-feature ridge, and the IRT model does not beat it on the training folds' own hold-out.
+- **N-arm vs the best two-arm router: a tie.** The mean margin's CI reaches zero on every set, and the worst-cost
+  margin is below zero. The two-arm bar uses the same predictor and is an envelope over every pair, chosen with
+  the test labels, so a tie is what an unbiased N-arm router can be expected to show. The issue's target
+  "N-arm ≥ two-arm at every cost" is **not shown**.
+- **N-arm vs the length policy:** on GenAI-Bench, where the cheapest arm (SDXL-Turbo) is good, the N-arm router
+  is now ahead on average over matched costs, with a CI whose lower end sits at about zero, and ahead beyond its
+  CI at only one tabled budget (a quarter of the way); at the cheapest budgets and at its worst cost it is
+  level, so "≥ the length policy at every cost" is **not shown** either. Where the cheapest arm is weak (a GAN
+  on AGIQA-3K and AIGCIQA2023, which the length policy must use) and on CEMS it is ahead.
 - **N-arm vs single models at their own cost:** close to each; by construction its dearest point (λ = 0) is
   near the best model and its cheapest point is the cheapest model.
-- **The headroom is large and the predictor is the bottleneck:** the oracle curve sits far above every
-  learned policy. IRT ranks 2 / 8 / 16, L2 1e-3…1e-1, a shrinkage slope per model and extra `--train` sets
-  were tried during development and did not move the margins beyond their CIs.
+- **The headroom is large and the predictor is still the bottleneck:** the oracle curve sits far above every
+  learned policy. Before the ridge, IRT ranks 2 / 8 / 16, L2 1e-3…1e-1, a shrinkage slope per model and extra
+  `--train` sets were tried and did not move the margins beyond their CIs.
 - The plotted `n_arm` line is the raw λ sweep (it can dip below a single model at the cheap end where the
   predictor sends prompts to a worse arm); margins read every curve on its upper envelope. Percentile CIs of
   a non-smooth statistic (a worst case, an envelope) can exclude their own point estimate.
