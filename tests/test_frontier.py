@@ -139,3 +139,65 @@ def test_train_files_and_one_dimension(planted, tmp_path):
     assert r["margins"]["vs_singles_min"]["estimate"] >= -0.02
     with pytest.raises(ValueError, match="--dimension 'beauty' is not in planted; known: quality"):
         run_frontier(planted, costs=COSTS, dimension="beauty", folds=3, cache=None, bootstrap=5)
+
+
+def _poisoned_fold_predictions(path, predictor):
+    """Raw fold predictions before and after the labels of fold 0's prompts are replaced by noise."""
+    import copy
+
+    from router_model.lab import frontier as fr
+
+    name, items = fr.load_rated(path)
+    test = fr.test_matrix(name, items, parse_costs(COSTS, sorted({m for it in items for m in it.scores}), name), None)
+    inputs, _ = fr.build_inputs([it.prompt for it in items], None)
+    fold = fr.fold_of(test.items, 3, 0)
+    log: list[dict] = []
+    clean, _ = fr.fold_predictions(test, items, {}, inputs, 3, 0, predictor, log)
+    held = {it.key for it, g in zip(test.items, fold, strict=True) if g == 0}
+    rng = np.random.default_rng(5)
+    poisoned = copy.deepcopy(items)
+    for it in poisoned:
+        if it.key in held:
+            for dims in it.scores.values():
+                for d in dims:
+                    dims[d] = float(rng.normal(0, 50))
+    dirty, _ = fr.fold_predictions(test, poisoned, {}, inputs, 3, 0, predictor)
+    return clean, dirty, fold, log
+
+
+@pytest.mark.parametrize("predictor", ["ridge", "auto"])
+def test_fold_predictions_and_their_selection_never_see_the_fold(planted, predictor):
+    clean, dirty, fold, log = _poisoned_fold_predictions(planted, predictor)
+    assert np.array_equal(clean[fold == 0], dirty[fold == 0])  # the poisoned fold's own predictions: untouched
+    assert not np.allclose(clean[fold != 0], dirty[fold != 0])  # the poison is real: the other folds train on it
+    assert len(log) == 3 and all(e["predictor"] in ("ridge", "irt") for e in log)
+    if predictor == "auto":
+        assert all("inner_mse_irt" in e and "inner_mse_ridge" in e for e in log)
+    assert all("alpha" in e and e["gamma"] == 0.0 for e in log if e["predictor"] == "ridge")  # no embedding here
+
+
+def test_ridge_predictor_finds_the_planted_length_effect(planted):
+    r = run_frontier(planted, costs=COSTS, folds=3, cache=None, bootstrap=5, predictor="ridge")
+    assert r["predictor_folds"] and all(e["predictor"] == "ridge" for e in r["predictor_folds"])
+    assert r["margins"]["vs_singles_min"]["estimate"] >= -0.02
+    assert r["margins"]["vs_two_arm_mean"]["estimate"] >= -0.05
+    with pytest.raises(ValueError, match="predictor must be one of"):
+        run_frontier(planted, costs=COSTS, folds=3, cache=None, bootstrap=5, predictor="mlp")
+
+
+def test_ridge_selection_prefers_the_embedding_only_when_it_helps():
+    from router_model.lab import frontier_ridge as frr
+    from router_model.lab.ratings import RatedPrompt
+
+    rng = np.random.default_rng(0)
+    n = 300
+    cheap = rng.normal(size=(n, 3))
+    emb = rng.normal(size=(n, 20))
+    signal = emb[:, 0] * 2.0  # the quality of model "b" depends on the embedding only
+    items = [RatedPrompt(f"p{i}", "x", {"a": {"q": float(rng.normal())}, "b": {"q": float(signal[i] + rng.normal())}})
+             for i in range(n)]  # fmt: skip
+    row = {it.key: i for i, it in enumerate(items)}
+    chosen = frr.select(items, ["a", "b"], ["q"], cheap, emb, lambda it: row[it.key])
+    assert chosen.gamma > 0
+    noise = frr.select(items, ["a", "b"], ["q"], cheap, rng.normal(size=(n, 20)), lambda it: row[it.key])
+    assert noise.gamma < chosen.gamma and noise.inner_mse > chosen.inner_mse

@@ -28,6 +28,7 @@ import torch
 
 from router_model.features import FEATURE_NAMES
 from router_model.lab import frontier_curves as fc
+from router_model.lab import frontier_ridge as fr_ridge
 from router_model.lab.ratings import (
     COST_DIMENSIONS,
     RatedPrompt,
@@ -145,10 +146,73 @@ def build_inputs(prompts: Sequence[str], cache: str | Path | None) -> tuple[Prom
     )
 
 
+PREDICTORS = ("auto", "irt", "ridge")
+
+
 def predict_quality(
+    train_sets: dict[str, list[RatedPrompt]], test: TestSet, rows: np.ndarray, inputs: PromptInputs, seed: int = 0,
+    predictor: str = "auto", log: list[dict] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Predicted quality [len(rows), models] of the test set's models, in its own units (mean over its dims).
+
+    `predictor`: "irt" (`predict_irt`), "ridge" (`frontier_ridge`, on the test set's own training prompts)
+    or "auto" (`choose_predictor` on the training prompts, then that one). Each call's choice is appended
+    to `log` when given.
+    """
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+    entry: dict = {"predictor": predictor}
+    if predictor == "auto":
+        entry = choose_predictor(train_sets, test, inputs, seed)
+        predictor = entry["predictor"]
+    if predictor == "irt":
+        out = predict_irt(train_sets, test, rows, inputs, seed)
+    else:
+        out, choice = _ridge(train_sets[test.name], test, rows, inputs, seed)
+        entry |= {"alpha": choice.alpha, "emb_alpha": choice.emb_alpha, "gamma": choice.gamma}
+    if log is not None:
+        log.append(entry)
+    return out
+
+
+def _ridge(items: list[RatedPrompt], test: TestSet, rows: np.ndarray, inputs: PromptInputs, seed: int):
+    cheap, emb = fr_ridge.design(inputs.features, inputs.tokens, inputs.pooled)
+    return fr_ridge.fit_predict(items, test.models, test.dims, cheap, emb, lambda it: inputs.row[it.key], rows, seed)
+
+
+def choose_predictor(
+    train_sets: dict[str, list[RatedPrompt]], test: TestSet, inputs: PromptInputs, seed: int = 0
+) -> dict:
+    """IRT or ridge, decided on the training prompts only by a rule fixed before any test margin was seen.
+
+    One inner hold-out (1/`INNER_FOLDS` of the test set's training prompts, by prompt text) is removed
+    from every training set; both predictors are fitted on the rest (the ridge choosing its (α, α_e, γ)
+    by its own inner k-fold there) and scored on the hold-out prompts rated on every model: squared
+    error after the cross-fitted shrinkage slope that `shrink` applies, granted to both alike
+    (`frontier_ridge.shrunk_mse`). The ridge is kept when its error is strictly lower; else the IRT.
+    """
+    items = train_sets[test.name]
+    split = fr_ridge.key_folds([it.key for it in items], fr_ridge.INNER_FOLDS, seed + 7)
+    held = {k for k, f in split.items() if f == 0}
+    inner = {n: [it for it in its if it.key not in held] for n, its in train_sets.items()}
+    scored = [
+        it for it in items
+        if it.key in held and all(m in it.scores and all(d in it.scores[m] for d in test.dims) for m in test.models)
+    ]  # fmt: skip
+    if len(scored) < 5 or len(inner[test.name]) < 10:
+        return {"predictor": "irt", "reason": "too few training prompts to compare"}
+    truth = np.array([[np.mean([it.scores[m][d] for d in test.dims]) for m in test.models] for it in scored])
+    mu = np.array([y.mean() for _, y in fr_ridge.targets(inner[test.name], test.models, test.dims)])
+    rows = inputs.rows([it.prompt for it in scored])
+    irt = fr_ridge.shrunk_mse(predict_irt(inner, test, rows, inputs, seed), truth, mu)
+    ridge = fr_ridge.shrunk_mse(_ridge(inner[test.name], test, rows, inputs, seed)[0], truth, mu)
+    return {"predictor": "ridge" if ridge < irt else "irt", "inner_mse_irt": irt, "inner_mse_ridge": ridge}
+
+
+def predict_irt(
     train_sets: dict[str, list[RatedPrompt]], test: TestSet, rows: np.ndarray, inputs: PromptInputs, seed: int = 0
 ) -> np.ndarray:
-    """Predicted quality [len(rows), models] of the test set's models, in its own units (mean over its dims)."""
+    """`train_multi`'s IRT model (rank 8), its per-model offsets refitted on the test set's training prompts."""
     use_emb = inputs.pooled.shape[1] > 0
     names = list(FEATURE_NAMES if inputs.features.shape[1] == len(FEATURE_NAMES) else NO_NOUNS)
     config = MultiRouterConfig(feature_names=names, use_embedding=use_emb, embed_dim=inputs.pooled.shape[1], rank=8)
@@ -183,9 +247,19 @@ def fold_of(items: Sequence[RatedPrompt], k: int, seed: int = 0) -> np.ndarray:
 
 def out_of_fold(
     test: TestSet, all_test_items: list[RatedPrompt], train_sets: dict[str, list[RatedPrompt]], inputs: PromptInputs,
-    folds: int, seed: int = 0,
+    folds: int, seed: int = 0, predictor: str = "auto", log: list[dict] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(predicted quality, expected cost) of every test prompt from the fold model that did not see it."""
+    fold = fold_of(test.items, folds, seed)
+    pred_q, pred_c = fold_predictions(test, all_test_items, train_sets, inputs, folds, seed, predictor, log)
+    return shrink(pred_q, test.quality, fold), pred_c
+
+
+def fold_predictions(
+    test: TestSet, all_test_items: list[RatedPrompt], train_sets: dict[str, list[RatedPrompt]], inputs: PromptInputs,
+    folds: int, seed: int = 0, predictor: str = "auto", log: list[dict] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """`out_of_fold` before the shrinkage: each fold predicted by a model (and a predictor choice) made without it."""
     fold = fold_of(test.items, folds, seed)
     pred_q = np.zeros_like(test.quality)
     pred_c = test.cost.copy()
@@ -195,10 +269,10 @@ def out_of_fold(
         sets[test.name] = [it for it in all_test_items if it.key not in held]
         in_fold = np.flatnonzero(fold == f)
         rows = inputs.rows([test.items[i].prompt for i in in_fold])
-        pred_q[in_fold] = predict_quality(sets, test, rows, inputs, seed)
+        pred_q[in_fold] = predict_quality(sets, test, rows, inputs, seed, predictor, log)
         if test.measured:
             pred_c[in_fold] = test.cost[fold != f].mean(0)
-    return shrink(pred_q, test.quality, fold), pred_c
+    return pred_q, pred_c
 
 
 def shrink(pred_q: np.ndarray, quality: np.ndarray, fold: np.ndarray) -> np.ndarray:
@@ -222,7 +296,7 @@ def shrink(pred_q: np.ndarray, quality: np.ndarray, fold: np.ndarray) -> np.ndar
 def run_frontier(
     test_path: str | Path, train_paths: Sequence[str | Path] = (), costs: Sequence[str] | None = None,
     dimension: str | None = None, folds: int = 5, cache: str | Path | None = "runs/inputs.npz",
-    bootstrap: int = 200, seed: int = 0,
+    bootstrap: int = 200, seed: int = 0, predictor: str = "auto",
 ) -> dict:  # fmt: skip
     """Every method's (cost, quality) points on the test file and the issue's margins with bootstrap CIs."""
     t0 = time.perf_counter()
@@ -240,7 +314,8 @@ def run_frontier(
         raise ValueError("--folds must be at least 2")
     prompts = [it.prompt for its in [items, *train_sets.values()] for it in its]
     inputs, input_kind = build_inputs(prompts, cache)
-    pred_q, pred_c = out_of_fold(test, items, train_sets, inputs, folds, seed)
+    choices: list[dict] = []
+    pred_q, pred_c = out_of_fold(test, items, train_sets, inputs, folds, seed, predictor, choices)
     words = np.array([len(it.prompt.split()) for it in test.items], dtype=np.float64)
     curves = fc.all_curves(test.quality, test.cost, pred_q, pred_c, words, test.models)
     ci = fc.bootstrap_margins(test.quality, test.cost, pred_q, pred_c, words, test.models, reps=bootstrap, seed=seed)
@@ -257,7 +332,8 @@ def run_frontier(
         "cheapest": test.models[cheap],
         "best": test.models[best],
         "folds": folds,
-        "predictor": f"train_multi IRT (linear tower, rank 8) on {input_kind}; offsets refitted per fold",
+        "predictor": f"{predictor} (IRT: train_multi, linear tower, rank 8; ridge: frontier_ridge) on {input_kind}",
+        "predictor_folds": choices,
         "length": "words per prompt",
         "methods": {
             m: {"points": [{"cost": float(c), "quality": float(q)} for c, q in pts]} for m, pts in curves.items()

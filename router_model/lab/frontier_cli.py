@@ -22,7 +22,15 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     from router_model.lab.frontier import run_frontier
 
     result = run_frontier(
-        args.test, args.train or (), args.costs, args.dimension, args.folds, args.cache, args.bootstrap, args.seed
+        args.test,
+        args.train or (),
+        args.costs,
+        args.dimension,
+        args.folds,
+        args.cache,
+        args.bootstrap,
+        args.seed,
+        args.predictor,
     )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +63,10 @@ def add_frontier_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", help="output PNG of every curve")
     p.add_argument("--bootstrap", type=int, default=200, help="resamples for the margins' CIs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--predictor", choices=["auto", "irt", "ridge"], default="auto",
+        help="per-model quality predictor: IRT, cheap-feature ridge + embedding residual, or chosen per fold (auto)",
+    )  # fmt: skip
     p.add_argument("--cache", default="runs/inputs.npz", help="encoder input cache (prompts.json beside it)")
     p.add_argument("--page", help="run the four public sets and write this markdown page (docs/FRONTIER.md)")
     p.add_argument("--data", default="../shared/data", help="shared data folder (for --page)")
