@@ -9,8 +9,8 @@ Two streams, each routed among three arms by the live rule (`ArmPacer`, the gate
   (CLIP × 100 and NIMA, averaged) on SD-Turbo, aMUSEd and SDXL-Turbo; cost = each arm's mean measured seconds.
 
 The quality predictions are real out-of-fold predictions, not the ratings: the frontier's predictor
-(`router_model.lab.frontier.out_of_fold`: `train_multi`'s IRT model on cheap prompt features, 5 folds by prompt,
-so no prompt is predicted by a model that saw it). Reported: the mean cost per request in every 1,000-request
+(`router_model.lab.frontier.out_of_fold` with `predictor="irt"`: `train_multi`'s IRT model on cheap prompt
+features, 5 folds by prompt, so no prompt is predicted by a model that saw it). Reported: the mean cost per request in every 1,000-request
 window after warm-up against the budget in force, and the rated quality the routing realised against a random
 mix of the same arms at the same cost.
 """
@@ -62,7 +62,7 @@ def predictions(stream: str, folds: int = 5, cache: Path | None = None) -> dict:
     known = sorted({m for it in items for m in it.scores})
     test = fr.test_matrix(name, items, fr.parse_costs(costs, known, name) if costs else None, None)
     inputs, _ = fr.build_inputs([it.prompt for it in items], None)
-    pred_q, _ = fr.out_of_fold(test, items, {}, inputs, folds, 0)
+    pred_q, _ = fr.out_of_fold(test, items, {}, inputs, folds, 0, predictor="irt")
     cols = [test.models.index(a) for a in arms]
     out = {
         "arms": np.array(arms), "predicted": pred_q[:, cols], "quality": test.quality[:, cols],
