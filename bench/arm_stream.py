@@ -10,9 +10,9 @@ Two streams, each routed among three arms by the live rule (`ArmPacer`, the gate
 
 The quality predictions are real out-of-fold predictions, not the ratings: the frontier's predictor
 (`router_model.lab.frontier.out_of_fold` with `predictor="irt"`: `train_multi`'s IRT model on cheap prompt
-features, 5 folds by prompt, so no prompt is predicted by a model that saw it). Reported: the mean cost per request in every 1,000-request
-window after warm-up against the budget in force, and the rated quality the routing realised against a random
-mix of the same arms at the same cost.
+features, 5 folds by prompt, so no prompt is predicted by a model that saw it). Reported: the mean cost per
+request in every 1,000-request window after warm-up against the budget in force, and the rated quality the
+routing realised against a random mix of the same arms at the same cost.
 """
 
 from __future__ import annotations
