@@ -65,6 +65,7 @@ def test_targets_met_and_missed_follow_the_numbers():
 @pytest.mark.slow
 def test_every_section_on_a_tiny_subset_and_one_regenerated_alone(tmp_path):
     from router_model.lab.report import PAIRS, write_results_page
+    from router_model.lab.report_page import assemble
 
     if not (DATA / "ratings" / "cems_10k.csv.gz").exists():
         pytest.skip(f"{DATA} lacks the shared rating sets")
@@ -76,7 +77,7 @@ def test_every_section_on_a_tiny_subset_and_one_regenerated_alone(tmp_path):
         "folds": 3,
         "seed": 1,
         "pairs": tuple(p for p in PAIRS if p.slug == "agiqa_sd15_sdxl"),
-        "cems_sizes": CemsSizes(test=60, train=40, kfold=45),
+        "cems_sizes": CemsSizes(test=60, train=40, kfold=45, other_train=80),
         "shared_sets": ["genai", "geneval", "aigciqa2023", "cems"],
     }
     page = write_results_page(out, DATA, **tiny)
@@ -94,8 +95,9 @@ def test_every_section_on_a_tiny_subset_and_one_regenerated_alone(tmp_path):
     assert f"{cell['delta_p']['0.5']:.1f} / {cell['auc']:.1f}" in text  # tables are written from the JSON
     lodo = json.loads((out / "lodo.json").read_text())
     assert set(lodo["held_out"]) == {"genai", "geneval", "aigciqa2023", "cems"}
-    assert lodo["held_out"]["geneval"]["train_set_sizes"] == [416, 100, 40]  # CEMS trains on its cut
-    assert "40 of its" in text
+    assert lodo["held_out"]["geneval"]["train_set_sizes"] == [80, 80, 40]  # training sets cut, CEMS its own way
+    assert lodo["held_out"]["genai"]["n_prompts"] == 416  # held out, a set is tested whole
+    assert "40 of its" in text and "at most 80 prompts" in text and "**Partial:**" not in text
     cems = json.loads((out / "cems_kfold.json").read_text())
     assert cems["n_prompts"] == 45 and cems["dims"] == ["clip_score", "nima_score"] and cems["folds"] == 3
     assert (out / "agiqa_sd15_sdxl_delta_p.png").stat().st_size > 1000
@@ -105,6 +107,10 @@ def test_every_section_on_a_tiny_subset_and_one_regenerated_alone(tmp_path):
     after = json.loads((out / "sections.json").read_text())
     assert after["kfold"] == before["kfold"] and after["lodo"] == before["lodo"]  # kept, not rerun
     assert "## k-fold on three" in again and "## Leave-one-dataset-out" in again
+
+    lodo["complete"] = False  # what a run cut short after some held-out sets leaves
+    (out / "lodo.json").write_text(json.dumps(lodo))
+    assert "**Partial:** the run stopped" in assemble(out)
 
     with pytest.raises(ValueError, match="unknown results-page section"):
         write_results_page(out, DATA, sections="kfold,nope", **tiny)

@@ -24,17 +24,20 @@ CEMS = "cems"
 
 @dataclass(frozen=True)
 class CemsSizes:
-    """How many CEMS prompts each section uses (0 = all): as a test set, as a LODO training set, for its k-fold."""
+    """How many CEMS prompts each section uses (0 = all): as a test set, as a LODO training set, for its k-fold;
+    `other_train`: at most this many prompts of every other set as a LODO training set (0 = all)."""
 
     test: int = 0
     train: int = 1000
     kfold: int = 0
+    other_train: int = 0
 
 
 @dataclass
 class SharedSets:
     pairs: dict[str, list[RoutingExample]]  # natural-pair examples per set; CEMS as the test subset
     cems_train: list[RoutingExample]  # CEMS as a LODO training set
+    train_views: dict[str, list[RoutingExample]]  # the other sets as LODO training sets (cut to other_train)
     cems_kfold: list[RoutingExample]  # CEMS for its k-fold section
     cems_total: int  # CEMS prompts rated on both models before any cut
     sizes: CemsSizes
@@ -62,8 +65,10 @@ def load_sets(
     order = cems_order(len(cems), seed)
     if cems:
         pairs[CEMS] = _prefix(cems, order, sizes.test)
+    views = {n: _prefix(ex, cems_order(len(ex), seed), sizes.other_train) for n, ex in pairs.items() if n != CEMS}
     return SharedSets(
         pairs=pairs,
+        train_views=views,
         cems_train=_prefix(cems, order, sizes.train) if cems else [],
         cems_kfold=_prefix(cems, order, sizes.kfold) if cems else [],
         cems_total=len(cems),
@@ -73,13 +78,13 @@ def load_sets(
 
 
 def training_view(sets: SharedSets, name: str) -> list[RoutingExample]:
-    """A set as training data (CEMS cut to its training subset)."""
-    return sets.cems_train if name == CEMS else sets.pairs[name]
+    """A set as LODO training data (cut to its fixed training subset)."""
+    return sets.cems_train if name == CEMS else sets.train_views[name]
 
 
 def encode_all(extra: Sequence[Sequence[RoutingExample]], sets: SharedSets | None, encoder) -> PromptStates:
     """One `PromptStates` over `extra` and every example set of `sets`: each distinct prompt encoded once."""
     groups = list(extra)
     if sets is not None:
-        groups += [*sets.pairs.values(), sets.cems_train, sets.cems_kfold]
+        groups += [*sets.pairs.values(), *sets.train_views.values(), sets.cems_train, sets.cems_kfold]
     return PromptStates(groups, encoder)

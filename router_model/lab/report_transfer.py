@@ -35,9 +35,12 @@ def run_transfer(
     seed: int,
     bootstrap: int,
     log: Callable[..., Any],
+    save: Callable[[dict[str, Any]], None] = lambda _partial: None,
 ) -> dict[str, Any]:
-    """Train on GenAI SD 2.1 → DALL·E 3 (all its prompts), test on every other set's natural pair."""
-    targets = {}
+    """Train on GenAI SD 2.1 → DALL·E 3 (all its prompts), test on every other set's natural pair.
+
+    `save` gets the section so far after every target (a run cut short keeps what it finished)."""
+    targets: dict[str, Any] = {}
     for name, test in sets.pairs.items():
         if name == TRANSFER_SOURCE:
             continue
@@ -46,7 +49,8 @@ def run_transfer(
             [sets.pairs[TRANSFER_SOURCE]], test, methods=methods, prompt_states=states, seed=seed,
             bootstrap=bootstrap, log=None,
         )  # fmt: skip
-    return {"protocol": "transfer", "train": TRANSFER_SOURCE, "targets": targets}
+        save({"protocol": "transfer", "train": TRANSFER_SOURCE, "targets": targets, "complete": False})
+    return {"protocol": "transfer", "train": TRANSFER_SOURCE, "targets": targets, "complete": True}
 
 
 def run_lodo(
@@ -57,16 +61,20 @@ def run_lodo(
     seed: int,
     bootstrap: int,
     log: Callable[..., Any],
+    save: Callable[[dict[str, Any]], None] = lambda _partial: None,
 ) -> dict[str, Any]:
-    """For each set: train on the union of the other sets' natural pairs (CEMS: its training subset), test on it."""
-    held = {}
+    """For each set: train on the union of the other sets' natural pairs (CEMS: its training subset), test on it.
+
+    `save` gets the section so far after every held-out set."""
+    held: dict[str, Any] = {}
     for name, test in sets.pairs.items():
         others = [training_view(sets, other) for other in sets.pairs if other != name]
         log(f"lodo: held out {name} ({len(test)} prompts), training on {sum(map(len, others))} examples")
         held[name] = evaluate_transfer(
             others, test, methods=methods, prompt_states=states, seed=seed, bootstrap=bootstrap, log=None
         )
-    return {"protocol": "lodo", "held_out": held}
+        save({"protocol": "lodo", "held_out": held, "complete": False})
+    return {"protocol": "lodo", "held_out": held, "complete": True}
 
 
 # ---------------------------------------------------------------- tables
@@ -151,6 +159,13 @@ def _best_baseline_line(results: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def partial_note(section: dict[str, Any], done: dict[str, Any]) -> str:
+    """A warning when the run that wrote `section` stopped before every set was done."""
+    if section.get("complete", True):
+        return ""
+    return f"**Partial:** the run stopped before every set was done; only {', '.join(done)} finished.\n"
+
+
 def transfer_markdown(section: dict[str, Any]) -> str:
     targets = section["targets"]
     train_n = next(iter(targets.values()))["n_train_prompts"] if targets else 0
@@ -163,6 +178,7 @@ def transfer_markdown(section: dict[str, Any]) -> str:
         + "), then scores every other shared set's natural pair. Cells: ΔP(50%) / AUC. The last row is the paired "
         "bootstrap of routet2i − prompt_length on the target's prompts. Raw result: [`transfer.json`](transfer.json).",
         "",
+        partial_note(section, targets),
         _best_baseline_line(targets),
         "",
         per_set_table(targets),
@@ -182,6 +198,7 @@ def lodo_markdown(section: dict[str, Any]) -> str:
         f"held-out set dropped) and tested on the held-out pair. {cems_note} Cells: ΔP(50%) / AUC. "
         "Raw result: [`lodo.json`](lodo.json).",
         "",
+        partial_note(section, held),
         f"routet2i ≥ prompt_length on ΔP(50%) on {wins_all['delta_p_wins']} of {wins_all['n']} sets and on AUC on "
         f"{wins_all['auc_wins']} of {wins_all['n']}; on both, on {wins5['both_wins']} of the {wins5['n']} target sets "
         f"({', '.join(TARGET_SETS)}).",
@@ -198,10 +215,18 @@ def lodo_markdown(section: dict[str, Any]) -> str:
 
 
 def cems_lodo_note(sets: SharedSets) -> str:
-    if CEMS not in sets.pairs:
-        return ""
-    return (
-        f"CEMS trains as a fixed random subset of {len(sets.cems_train)} of its {sets.cems_total} prompts "
-        f"(seed {sets.seed}) so that one held-out set trains in minutes; held out, it is tested on "
-        f"{len(sets.pairs[CEMS])} prompts."
-    )
+    """How the training sets of LODO are cut (fixed random subsets, so that one held-out set trains in minutes)."""
+    notes = []
+    cut = sets.sizes.other_train
+    if cut and any(len(v) < len(sets.pairs[n]) for n, v in sets.train_views.items()):
+        notes.append(
+            f"As training data every set is cut to a fixed random subset of at most {cut} prompts (seed "
+            f"{sets.seed}) so that one held-out set trains in minutes on 2 shared CPU cores; held out, a set is "
+            "tested on all its prompts."
+        )
+    if CEMS in sets.pairs:
+        notes.append(
+            f"CEMS trains as a fixed random subset of {len(sets.cems_train)} of its {sets.cems_total} prompts "
+            f"(seed {sets.seed}); held out, it is tested on {len(sets.pairs[CEMS])} prompts."
+        )
+    return " ".join(notes)
