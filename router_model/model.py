@@ -67,7 +67,7 @@ class RouterConfig:
     encoder_finetuned: bool = False
     # the cheap-feature prior (router_model/prior.py): fitted by training when use_prior, None in old checkpoints
     use_prior: bool = True
-    prior_alpha: float = 1.0
+    prior_alpha: float = 0.3  # chosen with residual_scale by lab/prior_select.py (docs/ROUTER_PRIOR.md)
     residual_scale: float = 0.25  # γ: the tower's weight on top of the prior at scoring time (training uses 1)
     prior: dict[str, Any] | None = None
 

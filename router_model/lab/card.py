@@ -36,6 +36,15 @@ def write_model_card(
             f"multi_metric {config.get('multi_metric')}, token_selection {config.get('token_selection')}, "
             f"dual_gate {config.get('dual_gate')}, top_k {config.get('top_k')}",
         ],
+        [
+            "cheap-feature prior",
+            (
+                f"ridge (α {config['prior']['alpha']}) on {', '.join(config['prior']['features'])}; "
+                f"tower weight γ {config.get('residual_scale')} (docs/ROUTER_PRIOR.md)"
+            )
+            if config.get("prior")
+            else "none (the paper's tower alone)",
+        ],
         ["checkpoint size", f"{size_kb:.0f} KB (head only; the encoder is referenced by name)"],
     ]
     if summary.get("member_summaries"):

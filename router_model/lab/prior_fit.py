@@ -2,9 +2,9 @@
 
 Target per head i: the logit of the normalised distance D_i = σ((q_edge − q_cloud)/scale_i), i.e. the
 scaled quality difference itself, so prior and tower add up in the space the heads' sigmoid reads.
-`alpha` is the ridge strength per example on standardised features (alpha · n · I): at 1.0 the prior
-keeps the sign and rough size of what length and the markers predict on a few hundred prompts without
-chasing their noise (chosen with the residual scale by validation across pairs: docs/ROUTER_PRIOR.md).
+`alpha` is the ridge strength per example on standardised features (alpha · n · I); the default
+(`RouterConfig.prior_alpha`) was chosen with the residual scale by transfer across data sets
+(lab/prior_select.py, docs/ROUTER_PRIOR.md).
 """
 
 from __future__ import annotations
