@@ -111,6 +111,8 @@ def test_every_section_on_a_tiny_subset_and_one_regenerated_alone(tmp_path):
     lodo["complete"] = False  # what a run cut short after some held-out sets leaves
     (out / "lodo.json").write_text(json.dumps(lodo))
     assert "**Partial:** the run stopped" in assemble(out)
+    rebuilt = write_results_page(out, DATA, sections="page", log=None).read_text()  # runs nothing, rebuilds
+    assert "**Partial:** the run stopped" in rebuilt and json.loads((out / "sections.json").read_text()) == after
 
     with pytest.raises(ValueError, match="unknown results-page section"):
         write_results_page(out, DATA, sections="kfold,nope", **tiny)

@@ -328,7 +328,7 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--results-sections",
         help="--results-page: only these sections (comma-separated from kfold,transfer,lodo,cems; default all); "
-        "the others keep their last results in DIR",
+        "the others keep their last results in DIR; `page` only rebuilds RESULTS.md from them",
     )
     p.add_argument("--data-dir", default="../shared/data", help="where the public data lives (--results-page, --lodo)")
     p.add_argument(

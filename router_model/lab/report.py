@@ -49,9 +49,12 @@ CEMS_SIZES = CemsSizes(test=2000, train=200, kfold=500, other_train=200)
 
 
 def parse_sections(text: str | Sequence[str] | None) -> tuple[str, ...]:
-    """`kfold,transfer` → ("kfold", "transfer"); None or "all" → every section."""
+    """`kfold,transfer` → ("kfold", "transfer"); None or "all" → every section; "page" → none (only rebuild
+    RESULTS.md from the section results already in the folder)."""
     if text is None or text == "all":
         return SECTIONS
+    if text == "page":
+        return ()
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
     unknown = [s for s in names if s not in SECTIONS]
     if unknown or not names:
@@ -150,7 +153,7 @@ def write_results_page(
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     label_free = {"random", "noun_count", "oracle"}
-    needs_encoder = methods is None or bool(set(methods) - label_free)
+    needs_encoder = bool(chosen) and (methods is None or bool(set(methods) - label_free))
     encoder = TextEncoder(DEFAULT_ENCODER) if needs_encoder else DEFAULT_ENCODER
     cross = [s for s in chosen if s != "kfold"]
     sets = load_sets(data_dir, cems_sizes, seed, shared_sets) if cross else None

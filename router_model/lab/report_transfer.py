@@ -168,12 +168,12 @@ def partial_note(section: dict[str, Any], done: dict[str, Any]) -> str:
 
 def transfer_markdown(section: dict[str, Any]) -> str:
     targets = section["targets"]
-    train_n = next(iter(targets.values()))["n_train_prompts"] if targets else 0
+    train_n = next(iter(targets.values()))["train_set_sizes"][0] if targets else 0
     return "\n".join([
         "## Cross-set transfer: trained on GenAI-Bench SD 2.1 → DALL·E 3",
         "",
-        f"Every learned method is trained once per target on the {train_n} GenAI-Bench SD 2.1 → DALL·E 3 prompts "
-        "that are not test prompts of the target (`protocols.evaluate_transfer`; dropped per target: "
+        f"Every learned method is trained once per target on the {train_n} GenAI-Bench SD 2.1 → DALL·E 3 prompts, "
+        "less any that is also a test prompt of the target (`protocols.evaluate_transfer`; dropped per target: "
         + ", ".join(f"{n} {r['n_train_dropped']}" for n, r in targets.items())
         + "), then scores every other shared set's natural pair. Cells: ΔP(50%) / AUC. The last row is the paired "
         "bootstrap of routet2i − prompt_length on the target's prompts. Raw result: [`transfer.json`](transfer.json).",
