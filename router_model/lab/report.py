@@ -38,8 +38,8 @@ class Pair:
 
 GENAI = "genai_bench_ratings.json"
 PAIRS = (
-    Pair("genai_sd21_sdxl", "GenAI-Bench: SD 2.1 → SDXL Base", "genai-bench", GENAI, "SDXL_2_1", "SDXL_Base"),
     Pair("genai_sd21_dalle3", "GenAI-Bench: SD 2.1 → DALL·E 3", "genai-bench", GENAI, "SDXL_2_1", "DALLE_3"),
+    Pair("genai_sd21_sdxl", "GenAI-Bench: SD 2.1 → SDXL Base", "genai-bench", GENAI, "SDXL_2_1", "SDXL_Base"),
     Pair("agiqa_sd15_sdxl", "AGIQA-3K: SD 1.5 → SDXL", "agiqa3k", "agiqa3k_mos.csv", "sd1.5_normal", "xl2.2_normal"),
 )
 # The prompts each section uses by default (fixed random subsets, seed = the page seed; see report_sets), sized
@@ -62,8 +62,11 @@ def parse_sections(text: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(s for s in SECTIONS if s in names)
 
 
-def _kfold_section(out_dir, data_dir, pairs, states, methods, common, log) -> dict[str, Any]:
-    files = []
+def _kfold_section(out_dir, data_dir, pairs, states, methods, common, log, record) -> dict[str, Any]:
+    """Each pair's k-fold; `record` gets the section's files after every pair (kept: those already in the
+    folder's `sections.json`, so pairs run by separate commands add up)."""
+    order = [p.slug for p in PAIRS]
+    files = list(read_meta(out_dir).get("kfold", {}).get("files", []))
     for pair in pairs:
         log(f"results page: {pair.title}")
         examples = IMPORTERS[pair.source](data_dir / pair.file, pair.edge, pair.cloud)
@@ -72,7 +75,8 @@ def _kfold_section(out_dir, data_dir, pairs, states, methods, common, log) -> di
         (out_dir / f"{pair.slug}.json").write_text(result_json(result))
         plot_delta_p(result, out_dir / f"{pair.slug}_delta_p.png")
         plot_noun_win_rate(examples, out_dir / f"{pair.slug}_nouns.png")
-        files.append(pair.slug)
+        files = sorted({*files, pair.slug}, key=lambda s: order.index(s) if s in order else len(order))
+        record({"files": files})
     return {"files": files}
 
 
@@ -109,6 +113,10 @@ def _record(out_dir: Path, name: str, info: dict[str, Any], run_info: dict[str, 
         "command": run_info["command"],
     }
     (out_dir / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _record_with(out_dir: Path, name: str, run_info: dict[str, Any], settings: dict[str, Any], info: dict) -> None:
+    _record(out_dir, name, info | settings, run_info)
 
 
 def _save_cross(out_dir: Path, name: str, sets: SharedSets, run_info: dict[str, Any], section: dict[str, Any]) -> None:
@@ -172,8 +180,9 @@ def write_results_page(
         common = {"seed": seed, "bootstrap": bootstrap, "log": log}
         if name == "kfold":
             kw = common | {"folds": folds, "repeats": repeats, "ablations": ablations}
-            info = _kfold_section(out_dir, data_dir, pairs, states, cmd_methods, kw, log)
-            info |= {"folds": folds, "repeats": repeats, "methods": cmd_methods}
+            settings = {"folds": folds, "repeats": repeats, "methods": cmd_methods}
+            record = partial(_record_with, out_dir, name, run_info, settings)
+            info = _kfold_section(out_dir, data_dir, pairs, states, cmd_methods, kw, log, record) | settings
         elif name == "cems":
             cems_methods = methods if methods is not None else default_methods(ablations=True)
             kw = common | {"folds": folds, "repeats": cems_repeats}
