@@ -65,8 +65,7 @@ def parse_sections(text: str | Sequence[str] | None) -> tuple[str, ...]:
 def _kfold_section(out_dir, data_dir, pairs, states, methods, common, log, record) -> dict[str, Any]:
     """Each pair's k-fold; `record` gets the section's files after every pair (kept: those already in the
     folder's `sections.json`, so pairs run by separate commands add up)."""
-    order = [p.slug for p in PAIRS]
-    files = list(read_meta(out_dir).get("kfold", {}).get("files", []))
+    files: list[str] = []
     for pair in pairs:
         log(f"results page: {pair.title}")
         examples = IMPORTERS[pair.source](data_dir / pair.file, pair.edge, pair.cloud)
@@ -75,7 +74,7 @@ def _kfold_section(out_dir, data_dir, pairs, states, methods, common, log, recor
         (out_dir / f"{pair.slug}.json").write_text(result_json(result))
         plot_delta_p(result, out_dir / f"{pair.slug}_delta_p.png")
         plot_noun_win_rate(examples, out_dir / f"{pair.slug}_nouns.png")
-        files = sorted({*files, pair.slug}, key=lambda s: order.index(s) if s in order else len(order))
+        files.append(pair.slug)
         record({"files": files})
     return {"files": files}
 
@@ -106,6 +105,10 @@ def _cems_section(out_dir, sets: SharedSets, states, methods, common, log) -> di
 def _record(out_dir: Path, name: str, info: dict[str, Any], run_info: dict[str, Any]) -> None:
     """Put a section's entry into `sections.json` (read again first: another run may have written its own)."""
     meta = read_meta(out_dir)
+    if "files" in info:  # k-fold pairs run by separate commands add up
+        order = [p.slug for p in PAIRS]
+        kept = {*meta.get(name, {}).get("files", []), *info["files"]}
+        info = info | {"files": sorted(kept, key=lambda s: order.index(s) if s in order else len(order))}
     meta[name] = info | {
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": time.perf_counter() - run_info["started"],
