@@ -108,11 +108,16 @@ def test_every_section_on_a_tiny_subset_and_one_regenerated_alone(tmp_path):
     assert after["kfold"] == before["kfold"] and after["lodo"] == before["lodo"]  # kept, not rerun
     assert "## k-fold on three" in again and "## Leave-one-dataset-out" in again
 
+    dalle3 = tuple(p for p in PAIRS if p.slug == "genai_sd21_dalle3")
+    write_results_page(out, DATA, sections="kfold", **(tiny | {"pairs": dalle3}))  # another pair, run apart
+    files = json.loads((out / "sections.json").read_text())["kfold"]["files"]
+    assert files == ["genai_sd21_dalle3", "agiqa_sd15_sdxl"]  # added to the earlier one, in the page's order
+
     lodo["complete"] = False  # what a run cut short after some held-out sets leaves
     (out / "lodo.json").write_text(json.dumps(lodo))
     assert "**Partial:** the run stopped" in assemble(out)
     rebuilt = write_results_page(out, DATA, sections="page", log=None).read_text()  # runs nothing, rebuilds
-    assert "**Partial:** the run stopped" in rebuilt and json.loads((out / "sections.json").read_text()) == after
+    assert "**Partial:** the run stopped" in rebuilt and "### GenAI-Bench: SD 2.1 → DALL·E 3" in rebuilt
 
     with pytest.raises(ValueError, match="unknown results-page section"):
         write_results_page(out, DATA, sections="kfold,nope", **tiny)
