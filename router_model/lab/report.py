@@ -125,7 +125,13 @@ def _record_with(out_dir: Path, name: str, run_info: dict[str, Any], settings: d
 def _save_cross(out_dir: Path, name: str, sets: SharedSets, run_info: dict[str, Any], section: dict[str, Any]) -> None:
     """Write a cross-set section (complete or so far) and its `sections.json` entry."""
     section |= {"cems_note": cems_lodo_note(sets), "cems_sizes": asdict(sets.sizes)}
-    (out_dir / f"{name}.json").write_text(result_json(section))
+    key = "held_out" if name == "lodo" else "targets"
+    path = out_dir / f"{name}.json"
+    if path.exists() and run_info.get("merge"):  # held-out sets run by separate commands add up
+        earlier = json.loads(path.read_text()).get(key, {})
+        section[key] = {n: section[key].get(n) or earlier[n] for n in sets.pairs if n in section[key] or n in earlier}
+        section["complete"] = set(section[key]) == set(sets.pairs)
+    path.write_text(result_json(section))
     _record(out_dir, name, {"complete": section["complete"]}, run_info)
 
 
@@ -144,6 +150,7 @@ def write_results_page(
     cems_sizes: CemsSizes = CEMS_SIZES,
     cems_repeats: int = 1,
     shared_sets: Sequence[str] | None = None,
+    lodo_held_out: Sequence[str] | None = None,
     log: Callable[..., Any] | None = print,
 ) -> Path:
     """Run the requested `sections` (default all), write their JSON/PNGs into `out_dir`, rebuild `RESULTS.md`.
@@ -179,6 +186,7 @@ def write_results_page(
             "started": time.perf_counter(),
             "seed": seed,
             "command": COMMAND.format(repeats=repeats, extra=(" --ablations" if ablations else "") + extra),
+            "merge": lodo_held_out is not None,
         }
         common = {"seed": seed, "bootstrap": bootstrap, "log": log}
         if name == "kfold":
@@ -192,9 +200,12 @@ def write_results_page(
             info = _cems_section(out_dir, sets, states, cems_methods, kw, log) if CEMS in sets.pairs else {}
         else:
             save = partial(_save_cross, out_dir, name, sets, run_info)
-            run = run_transfer if name == "transfer" else run_lodo
-            save(run(sets, states, methods=methods, seed=seed, bootstrap=bootstrap, log=log, save=save))
-            info = {"complete": True}
+            kw = {"methods": methods, "seed": seed, "bootstrap": bootstrap, "log": log, "save": save}
+            if name == "transfer":
+                save(run_transfer(sets, states, **kw))
+            else:
+                save(run_lodo(sets, states, held_out=lodo_held_out, **kw))
+            info = {"complete": json.loads((out_dir / f"{name}.json").read_text())["complete"]}
         _record(out_dir, name, info, run_info)
         log(f"results page: section {name} done in {(time.perf_counter() - run_info['started']) / 60:.1f} min")
     path = out_dir / "RESULTS.md"

@@ -62,12 +62,13 @@ def run_lodo(
     bootstrap: int,
     log: Callable[..., Any],
     save: Callable[[dict[str, Any]], None] = lambda _partial: None,
+    held_out: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """For each set: train on the union of the other sets' natural pairs (CEMS: its training subset), test on it.
-
-    `save` gets the section so far after every held-out set."""
+    """For each set (or each of `held_out`, in that order): train on the union of the other sets' natural pairs
+    (cut to their training subsets), test on it. `save` gets the section so far after every held-out set."""
     held: dict[str, Any] = {}
-    for name, test in sets.pairs.items():
+    for name in held_out or list(sets.pairs):
+        test = sets.pairs[name]
         others = [training_view(sets, other) for other in sets.pairs if other != name]
         log(f"lodo: held out {name} ({len(test)} prompts), training on {sum(map(len, others))} examples")
         held[name] = evaluate_transfer(
