@@ -113,6 +113,10 @@ def test_every_section_on_a_tiny_subset_and_one_regenerated_alone(tmp_path):
     files = json.loads((out / "sections.json").read_text())["kfold"]["files"]
     assert files == ["genai_sd21_dalle3", "agiqa_sd15_sdxl"]  # added to the earlier one, in the page's order
 
+    write_results_page(out, DATA, sections="lodo", lodo_held_out=["geneval"], **tiny)  # one held-out set again
+    merged = json.loads((out / "lodo.json").read_text())
+    assert set(merged["held_out"]) == set(lodo["held_out"]) and merged["complete"]  # the others kept
+
     lodo["complete"] = False  # what a run cut short after some held-out sets leaves
     (out / "lodo.json").write_text(json.dumps(lodo))
     assert "**Partial:** the run stopped" in assemble(out)
