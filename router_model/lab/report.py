@@ -44,9 +44,9 @@ PAIRS = (
 )
 # The prompts each section uses by default (fixed random subsets, seed = the page seed; see report_sets), sized
 # so that the page runs within about an hour on 2 busy CPU cores: CEMS tested on 2,000 in transfer/LODO, trained
-# on 200 in LODO (as every other set), k-fold (CEMS_FOLDS folds) over 300 with 4 RouteT2I variants.
-CEMS_SIZES = CemsSizes(test=2000, train=200, kfold=300, other_train=200)
-CEMS_FOLDS = 3
+# on 200 in LODO (as every other set), k-fold (CEMS_FOLDS folds) over 1,000 with 4 RouteT2I variants.
+CEMS_SIZES = CemsSizes(test=2000, train=200, kfold=1000, other_train=200)
+CEMS_FOLDS = 5
 
 
 def parse_sections(text: str | Sequence[str] | None) -> tuple[str, ...]:
