@@ -203,7 +203,7 @@ def test_results_page_is_written_from_computed_numbers(tmp_path):
     if not GENAI.exists():
         pytest.skip(f"{GENAI} not present")
     pairs = tuple(p for p in PAIRS if p.slug in ("genai_sd21_dalle3", "agiqa_sd15_sdxl"))
-    cheap = {"methods": ["random", "oracle"], "bootstrap": 0, "log": None}
+    cheap = {"methods": ["random", "oracle"], "bootstrap": 0, "log": None, "sections": "kfold"}
     page = write_results_page(tmp_path / "docs", GENAI.parent, folds=3, seed=1, pairs=pairs, **cheap)
     text = page.read_text()
     assert "routet2i evaluate --results-page docs/" in text and "seed 1" in text

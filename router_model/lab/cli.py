@@ -159,8 +159,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from router_model.lab.report import write_results_page
 
         page = write_results_page(Path(args.results_page), Path(args.data_dir), folds=args.folds, seed=args.seed,
-                                  bootstrap=args.bootstrap, repeats=args.repeats,
-                                  ablations=args.ablations)  # fmt: skip
+                                  bootstrap=args.bootstrap, repeats=args.repeats, ablations=args.ablations,
+                                  sections=args.results_sections, methods=args.methods)  # fmt: skip
         print(f"wrote {page}")
         return 0
     if args.lodo:
@@ -319,7 +319,17 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
     p.add_argument("--repeats", type=int, default=1, help="repeat the k-fold CV with this many split seeds")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results-page", metavar="DIR", help="regenerate DIR/RESULTS.md on the three public pairs")
+    p.add_argument(
+        "--results-page",
+        metavar="DIR",
+        help="regenerate DIR/RESULTS.md: k-fold on three public pairs, GenAI-trained transfer, "
+        "leave-one-dataset-out and CEMS k-fold with the ablations",
+    )
+    p.add_argument(
+        "--results-sections",
+        help="--results-page: only these sections (comma-separated from kfold,transfer,lodo,cems; default all); "
+        "the others keep their last results in DIR; `page` only rebuilds RESULTS.md from them",
+    )
     p.add_argument("--data-dir", default="../shared/data", help="where the public data lives (--results-page, --lodo)")
     p.add_argument(
         "--lodo",
