@@ -75,6 +75,7 @@ def test_every_section_on_a_tiny_subset_and_one_regenerated_alone(tmp_path):
         "bootstrap": 0,
         "log": None,
         "folds": 3,
+        "cems_folds": 3,
         "seed": 1,
         "pairs": tuple(p for p in PAIRS if p.slug == "agiqa_sd15_sdxl"),
         "cems_sizes": CemsSizes(test=60, train=40, kfold=45, other_train=80),
