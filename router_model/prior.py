@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -65,11 +66,13 @@ class FeaturePrior:
         if TOKENS in self.features:
             columns.append(torch.log1p(mask.to(torch.float32).sum(1, keepdim=True)))
         x = torch.cat(columns, dim=1)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
-        scale = torch.tensor(self.scale, dtype=torch.float32, device=x.device)
-        weight = torch.tensor(self.weight, dtype=torch.float32, device=x.device)
-        bias = torch.tensor(self.bias, dtype=torch.float32, device=x.device)
+        mean, scale, weight, bias = (t.to(x.device) for t in self._tensors)
         return ((x - mean) / scale) @ weight.t() + bias
+
+    @cached_property
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        """mean, scale, weight, bias as float32 tensors, built once (the router scores on a hot path)."""
+        return tuple(torch.tensor(v, dtype=torch.float32) for v in (self.mean, self.scale, self.weight, self.bias))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -92,7 +92,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         dual_gate=not args.no_dual_gate,
         members=args.members,
         use_prior=not args.no_prior,
-        **{k: v for k, v in (("prior_alpha", args.prior_alpha), ("residual_scale", args.residual_scale)) if v},
+        **{
+            name: value
+            for name, value in (("prior_alpha", args.prior_alpha), ("residual_scale", args.residual_scale))
+            if value is not None  # 0 is a real choice: the prior alone, or no ridge penalty
+        },
     )
     router = train_router(
         examples,

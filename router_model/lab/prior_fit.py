@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from router_model.features import prompt_features
 from router_model.lab.data import RoutingExample, quality_arrays
 from router_model.prior import PRIOR_FEATURES, TOKENS, FeaturePrior
 from router_model.prs import PRSStats, normalized_distances, prs_from_distances
@@ -20,8 +21,7 @@ from router_model.prs import PRSStats, normalized_distances, prs_from_distances
 
 def prior_inputs(prompts: Sequence[str], token_counts: Sequence[int] | np.ndarray, names: Sequence[str]) -> np.ndarray:
     """[N, F] raw prior features in `names` order (text features, then log1p of the real-token count)."""
-    probe = FeaturePrior(list(names), [0.0] * len(names), [1.0] * len(names), [[0.0] * len(names)], [0.0], 0.0)
-    columns = [probe.text_features(prompts).astype(np.float64)]
+    columns = [prompt_features(list(prompts), names=[n for n in names if n != TOKENS]).astype(np.float64)]
     if TOKENS in names:
         columns.append(np.log1p(np.asarray(token_counts, dtype=np.float64))[:, None])
     return np.concatenate(columns, axis=1)
