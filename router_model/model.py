@@ -69,6 +69,8 @@ class RouterConfig:
     use_prior: bool = True
     prior_alpha: float = 0.3  # chosen with residual_scale by lab/prior_select.py (docs/ROUTER_PRIOR.md)
     residual_scale: float = 0.25  # γ: the tower's weight on top of the prior at scoring time (training uses 1)
+    # choose γ after training on the members' own validation folds (lab/residual_scale.py); off: keep the γ above
+    residual_scale_auto: bool = True
     prior: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -177,6 +179,14 @@ class RouteT2IRouter(nn.Module):
         head_init = torch.zeros(k, h) if self.prior is not None else torch.randn(k, h) / math.sqrt(h)
         self.head_weight = nn.Parameter(head_init)
         self.head_bias = nn.Parameter(torch.zeros(k))
+
+    def set_residual_scale(self, gamma: float) -> None:
+        """Score with the tower at weight `gamma` on top of the prior (the ensemble's members too)."""
+        if gamma < 0:
+            raise ValueError(f"residual_scale must be >= 0, got {gamma}")
+        self.config.residual_scale = float(gamma)
+        for member in self.members or []:
+            member.config.residual_scale = float(gamma)
 
     @classmethod
     def from_members(cls, members: Sequence[RouteT2IRouter]) -> RouteT2IRouter:

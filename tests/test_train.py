@@ -278,3 +278,35 @@ def test_ensemble_settings_are_checked(encoder):
         train_router(
             train, config=RouterConfig(**{**SMALL, "members": 4}), encoder=encoder, val_fraction=0.4, **quiet()
         )
+
+
+def test_the_tower_weight_is_chosen_on_the_runs_validation_folds(encoder, tmp_path):
+    """Length (which the cheap-feature prior reads) explains part of the gap, "red" the larger part, and only the
+    tower sees "red": the validation folds must keep the tower at a high weight; a fixed γ stays as given."""
+    train = []
+    for k, ex in enumerate(synthetic()):
+        extra = k % 3  # 0-2 extra phrases: longer prompts favour the cloud a little
+        shift = [0.1 * extra, 0.05 * extra]
+        train.append(
+            RoutingExample(
+                prompt=ex.prompt + " with fine details" * extra,
+                edge_model="edge",
+                cloud_model="cloud",
+                metrics=ex.metrics,
+                q_edge=ex.q_edge,
+                q_cloud=[q + d for q, d in zip(ex.q_cloud, shift, strict=True)],
+            )
+        )
+    config = RouterConfig(**{**SMALL, "members": 2})
+    router = train_router(train, config=config, encoder=encoder, epochs=60, lr=3e-3, patience=15, **quiet())
+    selection = router.training_summary["residual_scale_selection"]
+    assert selection["chosen"] == router.config.residual_scale >= 0.5
+    assert all(member.config.residual_scale == selection["chosen"] for member in router.members)
+    assert selection["mean_val_spearman"]["1.0"] > selection["mean_val_spearman"]["0.0"] + 0.1
+    loaded = RouteT2IRouter.from_pretrained(router.save_pretrained(tmp_path / "ckpt"), device="cpu")
+    assert loaded.config.residual_scale == selection["chosen"]
+    assert all(member.config.residual_scale == selection["chosen"] for member in loaded.members)
+
+    fixed = RouterConfig(**{**SMALL, "residual_scale": 0.125, "residual_scale_auto": False})
+    kept = train_router(train, config=fixed, encoder=encoder, epochs=3, **quiet())
+    assert kept.config.residual_scale == 0.125 and "residual_scale_selection" not in kept.training_summary

@@ -110,20 +110,27 @@ def check_periods(
 
 
 def batch_logits(
-    router: RouteT2IRouter, x: TokenStates, piece: int | None, features: torch.Tensor | None = None
+    router: RouteT2IRouter,
+    x: TokenStates,
+    piece: int | None,
+    features: torch.Tensor | None = None,
+    residual_scale: float = 1.0,
 ) -> torch.Tensor:
     """`router.logits` of one batch as training sees it (the tower at full weight on top of the prior, given the
-    batch's prior `features`); with `piece`, computed in length-sorted pieces of that many prompts.
+    batch's prior `features`, unless `residual_scale` says otherwise); with `piece`, computed in length-sorted
+    pieces of that many prompts.
 
     A prompt's logits do not depend on the other prompts of its batch or on padding, so the pieces give the
     same values (up to dropout draws) while each piece pads only to its own longest prompt."""
     if piece is None or len(x) <= piece:
-        return router.logits(x.states, x.mask, features, residual_scale=1.0)
+        return router.logits(x.states, x.mask, features, residual_scale=residual_scale)
     lengths = x.mask.sum(dim=1)
     order = torch.argsort(lengths, stable=True)
     parts = []
     for chunk in order.split(piece):
         width = max(int(lengths[chunk].max()), 1)
         part_features = features[chunk] if features is not None else None
-        parts.append(router.logits(x.states[chunk, :width], x.mask[chunk, :width], part_features, residual_scale=1.0))
+        parts.append(
+            router.logits(x.states[chunk, :width], x.mask[chunk, :width], part_features, residual_scale=residual_scale)
+        )
     return torch.cat(parts)[torch.argsort(order)]

@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dual_gate=not args.no_dual_gate,
         members=args.members,
         use_prior=not args.no_prior,
+        residual_scale_auto=args.residual_scale is None,
         **{
             name: value
             for name, value in (("prior_alpha", args.prior_alpha), ("residual_scale", args.residual_scale))
@@ -301,7 +302,11 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-dual-gate", action="store_true", help="ablation: one projection, no contrast")
     p.add_argument("--no-prior", action="store_true", help="no cheap-feature prior: the paper's tower alone")
     p.add_argument("--prior-alpha", type=float, help="the prior's ridge strength (default: RouterConfig's)")
-    p.add_argument("--residual-scale", type=float, help="γ: the tower's weight on the prior (default: RouterConfig's)")
+    p.add_argument(
+        "--residual-scale",
+        type=float,
+        help="γ: the tower's weight on the prior, fixed (default: chosen on the run's validation folds)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="ΔP curves of the router against every baseline (k-fold or train/test)")

@@ -26,6 +26,7 @@ from router_model.lab.batches import resolve_stats
 from router_model.lab.data import DatasetError, RoutingExample, check_consistent
 from router_model.lab.ensemble import train_ensemble
 from router_model.lab.prior_fit import fit_prior
+from router_model.lab.residual_scale import choose_residual_scale
 from router_model.lab.train_loop import fit_single
 from router_model.model import RouterConfig, RouteT2IRouter
 from router_model.prs import PRSStats
@@ -88,7 +89,7 @@ def train_router(
                 f"finetune_encoder needs a single-head router, but RouterConfig.members is {members}; "
                 "set members=1 to fine-tune the encoder"
             )
-        return train_ensemble(
+        router = train_ensemble(
             train,
             members=members,
             config=config,
@@ -113,30 +114,48 @@ def train_router(
                 scale=scale,
             ),
         )
-    return fit_single(
-        train,
-        config=config,
-        stats=stats,
-        val_fraction=val_fraction,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        patience=patience,
-        seed=seed,
-        device=device,
-        finetune_encoder=finetune_encoder,
-        encoder=encoder,
-        token_states=token_states,
-        progress=progress,
-        log=emit,
-        rank_weight=rank_weight,
-        weight_decay=weight_decay,
-        encoder_lr=encoder_lr,
-        select_by=select_by,
-        val_fold=val_fold,
-        started=started,
-        scale=scale,
-    )
+    else:
+        router = fit_single(
+            train,
+            config=config,
+            stats=stats,
+            val_fraction=val_fraction,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            patience=patience,
+            seed=seed,
+            device=device,
+            finetune_encoder=finetune_encoder,
+            encoder=encoder,
+            token_states=token_states,
+            progress=progress,
+            log=emit,
+            rank_weight=rank_weight,
+            weight_decay=weight_decay,
+            encoder_lr=encoder_lr,
+            select_by=select_by,
+            val_fold=val_fold,
+            started=started,
+            scale=scale,
+        )
+    if config.prior is not None and config.residual_scale_auto:
+        choose_and_apply_residual_scale(router, emit)
+    return router
+
+
+def choose_and_apply_residual_scale(router: RouteT2IRouter, log: Callable[[str], None]) -> None:
+    """Set γ by `residual_scale.choose_residual_scale` on the run's validation folds; keep it when none."""
+    summary = router.training_summary or {}
+    choice = choose_residual_scale(summary.get("member_summaries") or [summary])
+    if choice is None:
+        log(f"tower weight γ kept at {router.config.residual_scale}: no validation fold to choose it on")
+        return
+    gamma, record = choice
+    router.set_residual_scale(gamma)
+    summary["residual_scale_selection"] = record
+    summary["config"] = router.config.to_dict()
+    log(f"tower weight γ = {gamma} (validation Spearman by γ: {record['mean_val_spearman']})")
 
 
 def with_prior(

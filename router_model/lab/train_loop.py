@@ -24,6 +24,7 @@ from router_model.lab.batches import (
 )
 from router_model.lab.data import RoutingExample
 from router_model.lab.losses import router_loss, spearman
+from router_model.lab.residual_scale import RESIDUAL_SCALE_GRID
 from router_model.lab.schedule import schedule_for
 from router_model.model import RouterConfig, RouteT2IRouter
 from router_model.prior import FeaturePrior
@@ -38,15 +39,16 @@ def validate(
     batch_size: int,
     rank_weight: float,
     piece: int | None = None,
+    residual_scale: float = 1.0,
 ) -> tuple[float, float]:
-    """(validation loss, Spearman of PRŜ vs PRS)."""
+    """(validation loss, Spearman of PRŜ vs PRS), the tower weighted by `residual_scale` over the prior."""
     router.eval()
     losses, preds = [], []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             index = list(range(start, min(start + batch_size, len(data))))
             x = data.inputs(index, encoder, device)
-            logits = batch_logits(router, x, piece, data.features_of(index))
+            logits = batch_logits(router, x, piece, data.features_of(index), residual_scale)
             prs_hat = torch.sigmoid(logits) @ router.metric_weights
             loss = router_loss(
                 logits,
@@ -208,6 +210,23 @@ def fit_single(
         encoder.model.eval().requires_grad_(False)
     router.eval()
     best_record = history[best["check"] - 1]
+    by_scale = None
+    if config.prior is not None and val_data is not None:
+        by_scale = {
+            str(gamma): finite(
+                validate(
+                    router,
+                    val_data,
+                    encoder if finetune_encoder else None,
+                    run_device,
+                    256,
+                    rank_weight,
+                    plan.piece,
+                    gamma,
+                )[1]
+            )
+            for gamma in RESIDUAL_SCALE_GRID
+        }
     router.training_summary = {
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
@@ -215,6 +234,7 @@ def fit_single(
         "best_val_loss": best_record.get("val_loss"),
         "n_train": len(fit_idx),
         "n_val": len(val_idx),
+        "val_spearman_by_residual_scale": by_scale,
         "seconds": round(time.perf_counter() - started, 3),
         "hyperparameters": {
             "lr": lr,
