@@ -39,8 +39,9 @@ from backends.base import (
     RequestRejected,
 )
 from backends.limits import MAX_SEED, draw_seed, size_limits, validate_request
-from backends.loading import load_pipeline, resolve_device
+from backends.loading import load_pipeline, resolve_device, resolve_dtype
 from backends.logs import install_prompt_scrubber
+from backends.pipeline_pool import PipelinePool, PoolKey
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class EdgeBackend:
 
     `model` is a local path or hub id loaded with `backends.loading.load_pipeline`; pass `pipeline=`
     to serve an already loaded pipeline instead. `lazy=True` defers loading to `await load()` (or the
-    first request) so a server can answer health checks while the weights load.
+    first request) so a server can answer health checks while the weights load. With a `pool`
+    (backends/pipeline_pool.py), backends of the same model, device, dtype and class share one loaded pipeline.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class EdgeBackend:
         pipeline: Any | None = None,
         lazy: bool = False,
         name: str = "edge",
+        pool: PipelinePool | None = None,
     ):
         if max_queue < 1 or max_batch < 1 or batch_window_ms < 0:
             raise ValueError("max_queue and max_batch must be >= 1 and batch_window_ms >= 0")
@@ -135,6 +138,8 @@ class EdgeBackend:
         self.default_steps = default_steps
         self.default_guidance = default_guidance
         self.pipeline = pipeline
+        self.pool = pool
+        self._pooled: PoolKey | None = None  # the pool key this backend holds a pipeline under
         self._lock = device_lock(self.device)
         self._load_lock = threading.Lock()
         self._pending: deque[_Job] = deque()
@@ -154,10 +159,23 @@ class EdgeBackend:
         with self._load_lock:
             if self.pipeline is None:
                 started = time.perf_counter()
-                self.pipeline = load_pipeline(self.model, str(self.device), self.dtype, self.pipeline_class)
+                if self.pool is not None:
+                    key = self.pool_key()
+                    self.pipeline = self.pool.acquire(key, self._load_pipeline)
+                    self._pooled = key
+                else:
+                    self.pipeline = self._load_pipeline()
                 log.info(
                     "%s: loaded %s on %s in %.1fs", self.name, self.model, self.device, time.perf_counter() - started
                 )
+
+    def _load_pipeline(self) -> Any:
+        return load_pipeline(self.model, str(self.device), self.dtype, self.pipeline_class)
+
+    def pool_key(self) -> PoolKey:
+        """What makes two backends' pipelines the same: model, device, resolved dtype and pipeline class."""
+        dtype = str(resolve_dtype(self.dtype, self.device))
+        return (self.model, str(self.device), dtype, self.pipeline_class or "")
 
     async def load(self) -> None:
         """Load the pipeline in a worker thread (idempotent)."""
@@ -198,6 +216,9 @@ class EdgeBackend:
                 await self._dispatcher
         self._dispatcher = None
         self.pipeline = None
+        if self._pooled is not None and self.pool is not None:
+            self.pool.release(self._pooled)  # the last user's release drops the pool's reference
+            self._pooled = None
         _free_accelerator_memory()
 
     # ---- the request path ------------------------------------------------------------------------
