@@ -159,12 +159,13 @@ def create_app(
     arm_set: ArmSet | None = None
     arm_backends: dict[str, ImageBackend] = {}
     if settings.arms:
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
         arm_set = ArmSet.build(
             settings.arms, cost_budget=settings.cost_budget, rho=budget.rho, cloud_model_id=settings.cloud_model_id,
-            decision_window=settings.decision_window, cost_cap=budget.store.settings().cost_cap,
+            decision_window=settings.decision_window, cost_cap=budget.store.settings().cost_cap, redis_url=redis_url,
+            redis_prefix=settings.redis_prefix, redis_timeout_s=settings.redis_timeout_s,
+            redis_retry_s=settings.redis_retry_s,
         )  # fmt: skip
-        if settings.redis_url is not None:
-            log.warning("arms: λ and the cost window are per process, not in Redis: each replica paces its own share")
         given, pool = dict(backends or {}), PipelinePool()  # local arms of one pipeline load it once
         arm_backends = {
             arm.name: given.get(arm.name) or build_arm_backend(arm, settings, pool) for arm in settings.arms
