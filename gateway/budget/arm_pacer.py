@@ -3,8 +3,8 @@
 Use: `choice = pacer.decide(quality, n=..., allowed=...)` for a request the router scored (counted at once, so
 concurrent requests cannot overspend), then `pacer.amend(choice.ticket, arm, "fallback")` only if another arm
 served it. Requests that bypass the rule (a cache hit) are counted with `pacer.count`. The arithmetic is in
-`pacing.py`; this class only keeps the numbers. State is per process: with several replicas each paces its
-own share of the traffic to the same mean cost (README: N arms).
+`pacing.py`; this class only keeps the numbers, in this process. `gateway.budget.arm_redis.RedisArmPacer` keeps the
+same numbers in Redis (one window for every replica) with the same interface and arithmetic.
 """
 
 from __future__ import annotations
