@@ -39,9 +39,9 @@ from backends.base import (
     RequestRejected,
 )
 from backends.limits import MAX_SEED, draw_seed, size_limits, validate_request
-from backends.loading import load_pipeline, resolve_device, resolve_dtype
+from backends.loading import load_pipeline, resolve_device
 from backends.logs import install_prompt_scrubber
-from backends.pipeline_pool import PipelinePool, PoolKey
+from backends.pipeline_pool import PipelinePool, release, shared
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,9 @@ class _Job:
 class EdgeBackend:
     """A diffusers text-to-image pipeline behind a bounded queue with micro-batching (name "edge").
 
-    `model` is a local path or hub id loaded with `backends.loading.load_pipeline`; pass `pipeline=`
-    to serve an already loaded pipeline instead. `lazy=True` defers loading to `await load()` (or the
-    first request) so a server can answer health checks while the weights load. With a `pool`
-    (backends/pipeline_pool.py), backends of the same model, device, dtype and class share one loaded pipeline.
+    `model` is a local path or hub id (`backends.loading.load_pipeline`; with a `pool`, shared by its backends of
+    that model, device and dtype); `pipeline=` serves an already loaded pipeline. `lazy=True` defers loading to
+    `await load()` (or the first request) so a server can answer health checks while the weights load.
     """
 
     def __init__(
@@ -132,14 +131,11 @@ class EdgeBackend:
         self.device = resolve_device(device)
         self.dtype = dtype
         self.pipeline_class = pipeline_class
-        self.max_queue = max_queue
-        self.max_batch = max_batch
+        self.max_queue, self.max_batch = max_queue, max_batch
         self.batch_window = batch_window_ms / 1000.0
         self.default_steps = default_steps
         self.default_guidance = default_guidance
-        self.pipeline = pipeline
-        self.pool = pool
-        self._pooled: PoolKey | None = None  # the pool key this backend holds a pipeline under
+        self.pipeline, self.pool = pipeline, pool
         self._lock = device_lock(self.device)
         self._load_lock = threading.Lock()
         self._pending: deque[_Job] = deque()
@@ -159,23 +155,11 @@ class EdgeBackend:
         with self._load_lock:
             if self.pipeline is None:
                 started = time.perf_counter()
-                if self.pool is not None:
-                    key = self.pool_key()
-                    self.pipeline = self.pool.acquire(key, self._load_pipeline)
-                    self._pooled = key
-                else:
-                    self.pipeline = self._load_pipeline()
+                key = (self.model, str(self.device), self.dtype, self.pipeline_class)
+                self.pipeline = shared(self.pool, key, load_pipeline)
                 log.info(
                     "%s: loaded %s on %s in %.1fs", self.name, self.model, self.device, time.perf_counter() - started
                 )
-
-    def _load_pipeline(self) -> Any:
-        return load_pipeline(self.model, str(self.device), self.dtype, self.pipeline_class)
-
-    def pool_key(self) -> PoolKey:
-        """What makes two backends' pipelines the same: model, device, resolved dtype and pipeline class."""
-        dtype = str(resolve_dtype(self.dtype, self.device))
-        return (self.model, str(self.device), dtype, self.pipeline_class or "")
 
     async def load(self) -> None:
         """Load the pipeline in a worker thread (idempotent)."""
@@ -215,10 +199,7 @@ class EdgeBackend:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._dispatcher
         self._dispatcher = None
-        self.pipeline = None
-        if self._pooled is not None and self.pool is not None:
-            self.pool.release(self._pooled)  # the last user's release drops the pool's reference
-            self._pooled = None
+        self.pipeline = release(self.pool, self.pipeline)  # None; a shared pipeline stays while others use it
         _free_accelerator_memory()
 
     # ---- the request path ------------------------------------------------------------------------

@@ -12,39 +12,62 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-PoolKey = tuple[str, str, str, str]  # (model path or hub id, device, dtype, pipeline class or "")
+import torch
+
+from backends.loading import resolve_dtype
+
+# (model path or hub id, device, dtype as given, pipeline class or None): what `load_pipeline` takes
+LoadArgs = tuple[str, str, str, str | None]
 
 
 class PipelinePool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[PoolKey, list[Any]] = {}  # key → [pipeline, users]
+        self._entries: dict[tuple, list[Any]] = {}  # key → [pipeline, users]
 
-    def acquire(self, key: PoolKey, load: Callable[[], Any]) -> Any:
-        """The pipeline under `key`, loaded with `load()` by its first user (held under the pool's lock, so two
-        backends starting together load it once)."""
+    @staticmethod
+    def key(args: LoadArgs) -> tuple:
+        """What makes two pipelines the same: model, device, the dtype it resolves to there, pipeline class."""
+        model, device, dtype, pipeline_class = args
+        return (model, device, str(resolve_dtype(dtype, torch.device(device))), pipeline_class or "")
+
+    def acquire(self, args: LoadArgs, load: Callable[..., Any]) -> Any:
+        """The pipeline `load(*args)` gives, loaded by its first user only (under the pool's lock, so two backends
+        starting together load it once)."""
+        key = self.key(args)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                entry = self._entries[key] = [load(), 0]
+                entry = self._entries[key] = [load(*args), 0]
             entry[1] += 1
             return entry[0]
 
-    def release(self, key: PoolKey) -> None:
-        """One user is done with `key`'s pipeline; the last one drops the pool's reference."""
+    def release(self, pipeline: Any) -> None:
+        """One user is done with `pipeline`; the last one drops the pool's reference (unknown pipelines: nothing)."""
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del self._entries[key]
+            for key, entry in list(self._entries.items()):
+                if entry[0] is pipeline:
+                    entry[1] -= 1
+                    if entry[1] <= 0:
+                        del self._entries[key]
+                    return
 
-    def users(self, key: PoolKey) -> int:
+    def users(self, pipeline: Any) -> int:
         with self._lock:
-            entry = self._entries.get(key)
-            return entry[1] if entry else 0
+            return next((entry[1] for entry in self._entries.values() if entry[0] is pipeline), 0)
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def shared(pool: PipelinePool | None, args: LoadArgs, load: Callable[..., Any]) -> Any:
+    """`load(*args)`, through `pool` when there is one."""
+    return load(*args) if pool is None else pool.acquire(args, load)
+
+
+def release(pool: PipelinePool | None, pipeline: Any) -> None:
+    """Give `pipeline` back to `pool` (if any; a pipeline it did not load is ignored). Returns None, for
+    `self.pipeline = release(...)`."""
+    if pool is not None and pipeline is not None:
+        pool.release(pipeline)

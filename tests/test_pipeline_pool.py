@@ -50,7 +50,7 @@ def test_backends_of_one_pipeline_load_it_once_and_keep_their_steps(tiny, loads)
         pool = PipelinePool()
         fast, slow = backend(tiny, pool, 1), backend(tiny, pool, 2)
         await asyncio.gather(fast.load(), slow.load())
-        assert fast.pipeline is slow.pipeline and len(loads) == 1 and pool.users(fast.pool_key()) == 2
+        assert fast.pipeline is slow.pipeline and len(loads) == 1 and pool.users(fast.pipeline) == 2
 
         steps: list[int] = []
         real_call = fast.pipeline.__class__.__call__
@@ -72,8 +72,9 @@ def test_backends_of_one_pipeline_load_it_once_and_keep_their_steps(tiny, loads)
         await other.load()
         assert other.pipeline is not fast.pipeline and len(loads) == 2 and len(pool) == 2
 
+        shared_pipeline = slow.pipeline
         await fast.aclose()  # the other user keeps it
-        assert slow.pipeline is not None and pool.users(slow.pool_key()) == 1
+        assert slow.pipeline is shared_pipeline and pool.users(shared_pipeline) == 1
         await slow.generate(GenerationRequest(prompt="a cat", width=64, height=64, seed=1))
         await slow.aclose()
         await other.aclose()

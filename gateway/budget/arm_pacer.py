@@ -44,6 +44,21 @@ class _Entry:
     quality: float | None
 
 
+def arm_numbers(entries: Sequence[tuple[int, float, float | None]], calls: Sequence[int]) -> list[dict[str, Any]]:
+    """Each arm's requests, share, spend and mean predicted quality over the window's (arm, cost, quality) entries,
+    and its calls of the last minute."""
+    per_arm = []
+    for a, recent in enumerate(calls):
+        mine = [e for e in entries if e[0] == a]
+        scored = [e[2] for e in mine if e[2] is not None]
+        per_arm.append({
+            "requests": len(mine), "share": len(mine) / len(entries) if entries else None,
+            "spent": sum(e[1] for e in mine), "mean_quality": float(np.mean(scored)) if scored else None,
+            "calls_last_minute": recent,
+        })  # fmt: skip
+    return per_arm
+
+
 class ArmPacer:
     def __init__(
         self,
@@ -288,17 +303,8 @@ class ArmPacer:
         with self._lock:
             entries = list(self._entries)
             now = self.clock()
-            per_arm = []
-            for a in range(len(self.costs)):
-                mine = [e for e in entries if e.arm == a]
-                scored = [e.quality for e in mine if e.quality is not None]
-                per_arm.append({
-                    "requests": len(mine),
-                    "share": len(mine) / len(entries) if entries else None,
-                    "spent": sum(e.cost for e in mine),  # over the decision window
-                    "mean_quality": float(np.mean(scored)) if scored else None,
-                    "calls_last_minute": len(self._prune_calls(a, now)),
-                })  # fmt: skip
+            calls = [len(self._prune_calls(a, now)) for a in range(len(self.costs))]
+            per_arm = arm_numbers([(e.arm, e.cost, e.quality) for e in entries], calls)
             return {
                 "cost_budget": self._budget,
                 "lambda": self._lam,

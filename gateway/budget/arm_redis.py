@@ -21,13 +21,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import redis
 
 from gateway.budget import arm_lua, pacing
-from gateway.budget.arm_pacer import CAP_PERIOD_S, ArmChoice, ArmPacer
+from gateway.budget.arm_pacer import CAP_PERIOD_S, ArmChoice, ArmPacer, arm_numbers
 from gateway.budget.redis_store import redis_client
 
 log = logging.getLogger("routet2i.budget")
@@ -42,8 +43,7 @@ def _float(value: Any) -> float:
 
 
 def _cap(value: Any) -> int | None:
-    text = _text(value)
-    return int(float(text)) if text else None
+    return int(float(_text(value))) if _text(value) else None
 
 
 def _opt(value: float | None) -> str:
@@ -85,17 +85,14 @@ class RedisArmPacer:
             for name in ("STATE", "COMMIT", "AMEND", "ESCALATE", "GIVE_BACK", "SNAPSHOT")
         }
         self._lock = threading.Lock()  # the mirror and the switch state
-        self._rows = np.zeros((0, len(costs)))  # this replica's copy of the shared prediction window
-        self._seen = 0  # the score sequence number the copy is at
+        self._rows, self._seen = np.zeros((0, len(costs))), 0  # this replica's copy of the predictions; its seq
         self._known_budget, self._known_cap = float(budget), self.local.remote_cap
         self._known_at = 0.0  # when this replica last changed the settings (0: a default, never wins)
         self._pending = False  # a settings change made while Redis was away
         self._up, self._retry_at = True, 0.0
-        self._json = {
-            "costs": json.dumps([float(c) for c in self.costs]),
-            "caps": json.dumps([-1 if c is None else int(c) for c in self.caps]),
-            "remote": json.dumps([1 if r else 0 for r in self.remote]),
-        }
+        self._json = {"costs": json.dumps([float(c) for c in self.costs]),
+                      "caps": json.dumps([-1 if c is None else int(c) for c in self.caps]),
+                      "remote": json.dumps([1 if r else 0 for r in self.remote])}  # fmt: skip
 
     @classmethod
     def from_url(cls, url: str, costs: Sequence[float], *, timeout_s: float = 0.25, **kwargs: Any) -> RedisArmPacer:
@@ -147,7 +144,7 @@ class RedisArmPacer:
 
     @staticmethod
     def _local(choice: ArmChoice) -> ArmChoice:
-        return ArmChoice(choice.arm, choice.reason, choice.lam, choice.cost, -choice.ticket, choice.quality)
+        return replace(choice, ticket=-choice.ticket)
 
     # ------------------------------------------------------------ settings
 
@@ -189,11 +186,8 @@ class RedisArmPacer:
         self._write_or_defer()
 
     def _write_settings(self) -> None:
-        cap = self._known_cap
-        self.client.hset(self.keys[0], mapping={
-            "budget": repr(self._known_budget), "remote_cap": "" if cap is None else str(cap),
-            "updated_at": repr(self._known_at),
-        })  # fmt: skip
+        budget, cap, at = self._seed()
+        self.client.hset(self.keys[0], mapping={"budget": budget, "remote_cap": cap, "updated_at": at})
 
     def _write_or_defer(self) -> None:
         if self._shared():
@@ -394,15 +388,7 @@ class RedisArmPacer:
             arm, cost, _, quality = _text(item).split("|")
             entries.append((int(arm), float(cost), float(quality) if quality else None))
         calls = [int(c) for c in raw[8]]
-        per_arm = []
-        for a in range(len(self.costs)):
-            mine = [e for e in entries if e[0] == a]
-            scored = [e[2] for e in mine if e[2] is not None]
-            per_arm.append({
-                "requests": len(mine), "share": len(mine) / len(entries) if entries else None,
-                "spent": sum(e[1] for e in mine), "mean_quality": float(np.mean(scored)) if scored else None,
-                "calls_last_minute": calls[a],
-            })  # fmt: skip
+        per_arm = arm_numbers(entries, calls)
         window_cost = _float(raw[4])
         return {
             "cost_budget": self._known_budget, "lambda": _float(raw[3]),
@@ -412,7 +398,3 @@ class RedisArmPacer:
             "remote_calls_last_minute": sum(c for c, r in zip(calls, self.remote, strict=True) if r),
             "arms": per_arm, "store": "redis",
         }  # fmt: skip
-
-    def clear(self) -> None:
-        """Delete this arm list's keys (tests)."""
-        self.client.delete(*self.keys)
