@@ -92,6 +92,7 @@ def test_one_redis_pacer_decides_exactly_like_the_in_memory_pacer(redis_server, 
     for mine, theirs in zip(snaps[0]["arms"], snaps[1]["arms"], strict=True):
         assert mine["requests"] == theirs["requests"] and mine["calls_last_minute"] == theirs["calls_last_minute"]
         assert mine["spent"] == pytest.approx(theirs["spent"])
+        assert mine["mean_quality"] == pytest.approx(theirs["mean_quality"], rel=1e-12)
     assert snaps[1]["store"] == "redis"
 
 

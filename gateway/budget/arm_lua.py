@@ -146,6 +146,13 @@ if check then
 else
   chosen = order[1]
 end
+if quality == '' and row ~= '' then  -- a decision: the chosen arm's predicted quality, from the row
+  local i = 0
+  for value in string.gmatch(row, '[^,]+') do
+    if i == chosen then quality = value end
+    i = i + 1
+  end
+end
 local cost = costs[chosen + 1] * n
 if fixed_cost ~= '' then cost = tonumber(fixed_cost) end
 local ticket = redis.call('HINCRBY', KEYS[2], 'next_ticket', 1)
