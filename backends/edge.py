@@ -41,6 +41,7 @@ from backends.base import (
 from backends.limits import MAX_SEED, draw_seed, size_limits, validate_request
 from backends.loading import load_pipeline, resolve_device
 from backends.logs import install_prompt_scrubber
+from backends.pipeline_pool import PipelinePool, release, shared
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,9 @@ class _Job:
 class EdgeBackend:
     """A diffusers text-to-image pipeline behind a bounded queue with micro-batching (name "edge").
 
-    `model` is a local path or hub id loaded with `backends.loading.load_pipeline`; pass `pipeline=`
-    to serve an already loaded pipeline instead. `lazy=True` defers loading to `await load()` (or the
-    first request) so a server can answer health checks while the weights load.
+    `model` is a local path or hub id (`backends.loading.load_pipeline`; with a `pool`, shared by its backends of
+    that model, device and dtype); `pipeline=` serves an already loaded pipeline. `lazy=True` defers loading to
+    `await load()` (or the first request) so a server can answer health checks while the weights load.
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class EdgeBackend:
         pipeline: Any | None = None,
         lazy: bool = False,
         name: str = "edge",
+        pool: PipelinePool | None = None,
     ):
         if max_queue < 1 or max_batch < 1 or batch_window_ms < 0:
             raise ValueError("max_queue and max_batch must be >= 1 and batch_window_ms >= 0")
@@ -129,12 +131,11 @@ class EdgeBackend:
         self.device = resolve_device(device)
         self.dtype = dtype
         self.pipeline_class = pipeline_class
-        self.max_queue = max_queue
-        self.max_batch = max_batch
+        self.max_queue, self.max_batch = max_queue, max_batch
         self.batch_window = batch_window_ms / 1000.0
         self.default_steps = default_steps
         self.default_guidance = default_guidance
-        self.pipeline = pipeline
+        self.pipeline, self.pool = pipeline, pool
         self._lock = device_lock(self.device)
         self._load_lock = threading.Lock()
         self._pending: deque[_Job] = deque()
@@ -154,7 +155,8 @@ class EdgeBackend:
         with self._load_lock:
             if self.pipeline is None:
                 started = time.perf_counter()
-                self.pipeline = load_pipeline(self.model, str(self.device), self.dtype, self.pipeline_class)
+                key = (self.model, str(self.device), self.dtype, self.pipeline_class)
+                self.pipeline = shared(self.pool, key, load_pipeline)
                 log.info(
                     "%s: loaded %s on %s in %.1fs", self.name, self.model, self.device, time.perf_counter() - started
                 )
@@ -197,7 +199,7 @@ class EdgeBackend:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._dispatcher
         self._dispatcher = None
-        self.pipeline = None
+        self.pipeline = release(self.pool, self.pipeline)  # None; a shared pipeline stays while others use it
         _free_accelerator_memory()
 
     # ---- the request path ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from backends.base import ImageBackend
+from backends.pipeline_pool import PipelinePool
 from gateway.api import api_router
 from gateway.api.auth_failures import AuthFailures
 from gateway.api.routes.console import STATIC_DIR
@@ -158,14 +159,17 @@ def create_app(
     arm_set: ArmSet | None = None
     arm_backends: dict[str, ImageBackend] = {}
     if settings.arms:
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
         arm_set = ArmSet.build(
             settings.arms, cost_budget=settings.cost_budget, rho=budget.rho, cloud_model_id=settings.cloud_model_id,
-            decision_window=settings.decision_window, cost_cap=budget.store.settings().cost_cap,
+            decision_window=settings.decision_window, cost_cap=budget.store.settings().cost_cap, redis_url=redis_url,
+            redis_prefix=settings.redis_prefix, redis_timeout_s=settings.redis_timeout_s,
+            redis_retry_s=settings.redis_retry_s,
         )  # fmt: skip
-        if settings.redis_url is not None:
-            log.warning("arms: λ and the cost window are per process, not in Redis: each replica paces its own share")
-        given = dict(backends or {})
-        arm_backends = {arm.name: given.get(arm.name) or build_arm_backend(arm, settings) for arm in settings.arms}
+        given, pool = dict(backends or {}), PipelinePool()  # local arms of one pipeline load it once
+        arm_backends = {
+            arm.name: given.get(arm.name) or build_arm_backend(arm, settings, pool) for arm in settings.arms
+        }
         edge = arm_backends[next(arm.name for arm in settings.arms if arm.local)]
         cloud = next((arm_backends[arm.name] for arm in settings.arms if arm.remote), None)
     elif edge is None:

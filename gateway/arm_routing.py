@@ -18,6 +18,7 @@ from typing import Any
 from gateway.arms import ArmSpec
 from gateway.budget import pacing
 from gateway.budget.arm_pacer import ArmPacer
+from gateway.budget.arm_redis import RedisArmPacer
 from gateway.routing import PromptScore
 
 
@@ -32,7 +33,7 @@ def arm_qualities(score: PromptScore, arms: Sequence[ArmSpec], cloud_model_id: s
 class ArmSet:
     """The arms, in settings order, and the pacer that holds their budget."""
 
-    def __init__(self, arms: Sequence[ArmSpec], pacer: ArmPacer, *, cloud_model_id: str):
+    def __init__(self, arms: Sequence[ArmSpec], pacer: ArmPacer | RedisArmPacer, *, cloud_model_id: str):
         self.specs = list(arms)
         self.pacer = pacer
         self.cloud_model_id = cloud_model_id
@@ -44,17 +45,28 @@ class ArmSet:
     @classmethod
     def build(
         cls, arms: Sequence[ArmSpec], *, cost_budget: float | None, rho: float, cloud_model_id: str,
-        decision_window: int = 1000, cost_cap: int | None = None,
+        decision_window: int = 1000, cost_cap: int | None = None, redis_url: str | None = None,
+        redis_prefix: str = "routet2i", redis_timeout_s: float = 0.25, redis_retry_s: float = 2.0,
     ) -> ArmSet:  # fmt: skip
         """The set with a fresh pacer; `cost_budget` unset: the cost ρ names (`pacing.rho_to_cost`); `cost_cap`:
-        calls per minute over all remote arms together (the two-arm cost cap)."""
+        calls per minute over all remote arms together (the two-arm cost cap). With `redis_url`, λ, the credit, the
+        cost window and the caps live in Redis, shared by every replica with the same arms (`RedisArmPacer`; the
+        budget and cost cap given here only seed it)."""
         costs = [arm.cost for arm in arms]
         budget = cost_budget if cost_budget is not None else pacing.rho_to_cost(rho, costs)
-        pacer = ArmPacer(
-            costs, budget=budget, decision_window=decision_window, score_window=decision_window,
+        options = dict(
+            budget=budget, decision_window=decision_window, score_window=decision_window,
             caps=[arm.max_calls_per_minute for arm in arms], remote=[bool(arm.remote) for arm in arms],
             remote_cap=cost_cap,
         )  # fmt: skip
+        pacer: ArmPacer | RedisArmPacer
+        if redis_url is None:
+            pacer = ArmPacer(costs, **options)
+        else:
+            pacer = RedisArmPacer.from_url(
+                redis_url, costs, timeout_s=redis_timeout_s, prefix=redis_prefix, names=[arm.name for arm in arms],
+                retry_interval_s=redis_retry_s, **options,
+            )  # fmt: skip
         return cls(arms, pacer, cloud_model_id=cloud_model_id)
 
     def qualities(self, score: PromptScore) -> list[float]:

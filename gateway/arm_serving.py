@@ -21,6 +21,7 @@ from backends.base import (
     GenerationRequest,
     ImageBackend,
 )
+from gateway.arm_escalation import ArmEscalation
 from gateway.arm_routing import ArmSet
 from gateway.budget import Decision, pacing
 from gateway.budget.arm_pacer import ArmChoice
@@ -39,6 +40,9 @@ class ArmGateway(Gateway):
         arms = {arm.name: arm.identity() for arm in arm_set.specs}
         costs = {arm.name: arm.cost for arm in arm_set.specs}
         super().__init__(edge=self.backends[first_local], cloud=None, arms=arms, costs=costs, **kwargs)
+        self.arm_escalation = (
+            ArmEscalation(self.escalation, arm_set, self.backends) if self.escalation is not None else None
+        )
 
     # ------------------------------------------------------------ deciding
 
@@ -148,6 +152,14 @@ class ArmGateway(Gateway):
                 log.warning("arm %s failed (%s); falling back to arm %s", spec.name, exc.kind,
                             self.arm_set.names[options[0]])  # fmt: skip
                 route = self._moved(route, options[0], "fallback", request.n)
+
+    async def _verify(self, job: ServeRequest, served: Served) -> Served:
+        """Verify then escalate to the next dearer arm (gateway/arm_escalation.py)."""
+        escalation = self.arm_escalation
+        if escalation is None or not escalation.wanted(job.verify, served.route, private=job.private):
+            return served
+        run = escalation.run(job.generation, served.result, served.route, private=job.private, gate=job.cloud_gate)
+        return Served(*await run)
 
     @staticmethod
     def _failed(error: GatewayError, route: Decision) -> GatewayError:

@@ -22,6 +22,7 @@ from router_model.model_ids import canonical_id
 
 if TYPE_CHECKING:
     from backends.base import ImageBackend
+    from backends.pipeline_pool import PipelinePool
     from gateway.settings import Settings
 
 ArmKind = Literal["local", "worker", "stability", "openai"]
@@ -133,8 +134,9 @@ def _secret(arm: ArmSpec) -> str | None:
     return value or None
 
 
-def build_arm_backend(arm: ArmSpec, settings: Settings) -> ImageBackend:
-    """The backend serving `arm` (nothing is loaded yet; a local pipeline loads when the app starts)."""
+def build_arm_backend(arm: ArmSpec, settings: Settings, pool: PipelinePool | None = None) -> ImageBackend:
+    """The backend serving `arm` (nothing is loaded yet; a local pipeline loads when the app starts). Local arms
+    given one `pool` share the pipeline of their model, device and dtype (loaded once); `steps` stays per arm."""
     from backends.cloud import OpenAICloudBackend, StabilityCloudBackend, WorkerCloudBackend
     from backends.edge import EdgeBackend
 
@@ -144,7 +146,7 @@ def build_arm_backend(arm: ArmSpec, settings: Settings) -> ImageBackend:
         return EdgeBackend(
             arm.model, device=arm.device, dtype=arm.dtype, max_queue=settings.edge_max_queue,
             max_batch=settings.edge_max_batch, batch_window_ms=settings.edge_batch_window_ms,
-            default_steps=arm.steps or settings.edge_default_steps, lazy=True, name=arm.name,
+            default_steps=arm.steps or settings.edge_default_steps, lazy=True, name=arm.name, pool=pool,
         )  # fmt: skip
     if arm.kind == "worker":
         assert arm.url is not None

@@ -36,6 +36,8 @@ class Verdict:
 
     result: VerifyResult
     score: float | None  # the lowest score of the request's images; None when the check failed
+    from_arm: str | None = None  # escalated: the arm whose image failed the check
+    first_cost: float | None = None  # escalated (N arms): what that first call cost
 
     @property
     def escalated(self) -> bool:
@@ -70,11 +72,8 @@ class Escalation:
     ) -> tuple[GenerationResult, Decision, Verdict]:  # fmt: skip
         """Score `result`; under the threshold, re-run `request` on `fallback` if the key's `gate` and the budget
         allow a cloud call. Returns what to serve, its route and the verdict."""
-        try:
-            scores = await asyncio.to_thread(score_images, self.check, request.prompt, list(result.images))
-            score = min(scores)
-        except Exception as exc:  # a broken check must not fail a request that has its image
-            log.warning("verify: the image check failed (%s); serving the edge image", type(exc).__name__)
+        score = await self.score(request, result)
+        if score is None:
             return self._done(result, route, Verdict("failed", None))
         if score >= self.threshold:
             return self._done(result, route, Verdict("pass", score))
@@ -95,7 +94,23 @@ class Escalation:
                 self.budget.record("edge", "fallback", ticket=decision.ticket)
             return self._done(result, route, Verdict("failed", score))
         escalated = replace(route, backend="cloud", reason="escalated", rho=decision.rho)
-        return self._done(better, escalated, Verdict("escalated", score))
+        self.metrics.observe_escalation("edge", "cloud")
+        return self._done(better, escalated, Verdict("escalated", score, from_arm="edge"))
+
+    async def score(self, request: GenerationRequest, result: GenerationResult) -> float | None:
+        """The lowest check score of `result`'s images (off the event loop); None when the check failed."""
+        try:
+            scores = await asyncio.to_thread(score_images, self.check, request.prompt, list(result.images))
+            return min(scores)
+        except Exception as exc:  # a broken check must not fail a request that has its image
+            log.warning("verify: the image check failed (%s); serving the image as it is", type(exc).__name__)
+            return None
+
+    def done(
+        self, result: GenerationResult, route: Decision, verdict: Verdict
+    ) -> tuple[GenerationResult, Decision, Verdict]:
+        """Count and log the verdict; returns what to serve."""
+        return self._done(result, route, verdict)
 
     def _done(
         self, result: GenerationResult, route: Decision, verdict: Verdict

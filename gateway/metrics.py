@@ -130,6 +130,11 @@ class GatewayMetrics:
         )  # fmt: skip
         for result in VERIFY_RESULTS:
             self.verify.labels(result=result)
+        self.escalations = Counter(
+            "routet2i_escalations", "Escalated requests (verify then escalate) by the arm whose image failed the "
+            "check and the arm that served the final image (two arms: edge → cloud).", ["from_arm", "to_arm"],
+            registry=r,
+        )  # fmt: skip
         self.verify_score = Histogram(
             "routet2i_verify_score", "Image check score of edge images (the lowest of a request's images).",
             buckets=VERIFY_BUCKETS, registry=r,
@@ -187,6 +192,9 @@ class GatewayMetrics:
         self.verify.labels(result=result).inc()
         if score is not None:
             self.verify_score.observe(score)
+
+    def observe_escalation(self, from_arm: str, to_arm: str) -> None:
+        self.escalations.labels(from_arm=from_arm, to_arm=to_arm).inc()
 
     def backend_error(self, kind: str, backend: str = "unknown") -> None:
         self.backend_errors.labels(backend=backend, kind=kind).inc()

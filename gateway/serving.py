@@ -136,7 +136,7 @@ class Gateway:
             backend=served.route.backend, reason=served.route.reason, status=200, duration_s=duration
         )
         served.route = self._priced(served.route, request.n)
-        self.metrics.observe_arm(served.route.arm or served.route.backend, served.route.reason, served.route.cost or 0)
+        self._observe_arm(served)
         log.info(
             "served arm=%s backend=%s reason=%s prs=%s alpha=%s n=%d size=%dx%d seconds=%.3f%s",
             served.route.arm or served.route.backend, served.route.backend, served.route.reason,
@@ -152,6 +152,15 @@ class Gateway:
             return replace(route, arm=arm)
         cost = 0.0 if route.reason == "cache" else self.costs.get(arm, 0.0) * n
         return replace(route, arm=arm, cost=cost)
+
+    def _observe_arm(self, served: Served) -> None:
+        """The served request in the arm metrics; an N-arm escalation's first call is spent on its own arm."""
+        route, verdict = served.route, served.verify
+        cost = route.cost or 0.0
+        if verdict is not None and verdict.escalated and verdict.from_arm and verdict.first_cost is not None:
+            self.metrics.arm_cost.labels(arm=verdict.from_arm).inc(verdict.first_cost)
+            cost -= verdict.first_cost
+        self.metrics.observe_arm(route.arm or route.backend, route.reason, cost)
 
     def _check_compute(self, request: GenerationRequest) -> None:
         """422 for a request asking for more work than `max_compute_units`, naming the fields to lower."""

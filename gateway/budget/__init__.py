@@ -6,6 +6,9 @@ controller.py   `BudgetController`: α from live traffic, decide / preview / rec
 memory.py       `InMemoryBudgetStore` (one process) with the JSON state file
 redis_store.py  `RedisBudgetStore` (shared by replicas; its Lua scripts in lua.py)
 failover.py     `FailoverBudgetStore`: Redis while it answers, the local store while it does not
+pacing.py       the N-arm rule (argmax q − λ·cost, λ paced to a cost budget) as pure functions
+arm_pacer.py    `ArmPacer`: the N-arm rule's state in one process
+arm_redis.py    `RedisArmPacer`: the same state in Redis, shared by replicas (its Lua scripts in arm_lua.py)
 """
 
 from gateway.budget.controller import BudgetController

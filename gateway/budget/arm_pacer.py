@@ -3,8 +3,8 @@
 Use: `choice = pacer.decide(quality, n=..., allowed=...)` for a request the router scored (counted at once, so
 concurrent requests cannot overspend), then `pacer.amend(choice.ticket, arm, "fallback")` only if another arm
 served it. Requests that bypass the rule (a cache hit) are counted with `pacer.count`. The arithmetic is in
-`pacing.py`; this class only keeps the numbers. State is per process: with several replicas each paces its
-own share of the traffic to the same mean cost (README: N arms).
+`pacing.py`; this class only keeps the numbers, in this process. `gateway.budget.arm_redis.RedisArmPacer` keeps the
+same numbers in Redis (one window for every replica) with the same interface and arithmetic.
 """
 
 from __future__ import annotations
@@ -42,6 +42,21 @@ class _Entry:
     cost: float
     allowance: float  # the budget in force when it came
     quality: float | None
+
+
+def arm_numbers(entries: Sequence[tuple[int, float, float | None]], calls: Sequence[int]) -> list[dict[str, Any]]:
+    """Each arm's requests, share, spend and mean predicted quality over the window's (arm, cost, quality) entries,
+    and its calls of the last minute."""
+    per_arm = []
+    for a, recent in enumerate(calls):
+        mine = [e for e in entries if e[0] == a]
+        scored = [e[2] for e in mine if e[2] is not None]
+        per_arm.append({
+            "requests": len(mine), "share": len(mine) / len(entries) if entries else None,
+            "spent": sum(e[1] for e in mine), "mean_quality": float(np.mean(scored)) if scored else None,
+            "calls_last_minute": recent,
+        })  # fmt: skip
+    return per_arm
 
 
 class ArmPacer:
@@ -193,7 +208,46 @@ class ArmPacer:
                     return True
             return False
 
+    def escalate(self, ticket: int | None, arm: int, *, n: int = 1, quality: float | None = None) -> float | None:
+        """A second call, on `arm`, for a counted request (verify then escalate): if the arm's calls-per-minute cap,
+        the remote cap and the window's hard cap allow it, its cost is added to the request's entry (the window
+        sees both calls; the entry now names `arm`) and returned; refused, None and nothing counted."""
+        with self._lock:
+            now = self.clock()
+            cost = float(self.costs[arm] * n)
+            if not self._rate_allows(arm, now):
+                return None
+            allowance = self._window_allowance + max(self.decision_window - len(self._entries), 0) * self._budget
+            if not pacing.window_allows(self._window_cost, allowance, cost):
+                return None
+            if cost > 0:
+                self._calls[arm].append(now)
+            self._charge(ticket, cost, arm=arm, quality=quality)
+            return cost
+
+    def give_back(
+        self, ticket: int | None, arm: int, *, cost: float, to_arm: int, quality: float | None = None
+    ) -> None:
+        """Undo `escalate` (its call on `arm` failed): the cost and the call leave the window, the entry names
+        `to_arm` again."""
+        with self._lock:
+            calls = self._calls[arm]
+            if cost > 0 and calls:
+                calls.pop()
+            self._charge(ticket, -cost, arm=to_arm, quality=quality)
+
     # ------------------------------------------------------------ internals (lock held)
+
+    def _charge(self, ticket: int | None, cost: float, *, arm: int, quality: float | None) -> None:
+        """Add `cost` to the entry of `ticket` (the credit moves whether or not it is still in the window)."""
+        spent = cost / self._budget if self._budget > 0 else 0.0
+        self._credit = min(self.credit_limit, max(-self.credit_limit, self._credit - spent))
+        for entry in self._entries:
+            if entry.ticket == ticket:
+                entry.cost += cost
+                entry.arm, entry.quality = arm, quality
+                self._window_cost += cost
+                return
 
     def _prune_calls(self, arm: int, now: float) -> deque[float]:
         calls = self._calls[arm]
@@ -204,15 +258,16 @@ class ArmPacer:
     def remote_calls_last_minute(self, now: float) -> int:
         return sum(len(self._prune_calls(a, now)) for a in range(len(self.costs)) if self.remote[a])
 
-    def _caps_allow(self, arm: int, n: int, now: float) -> bool:
+    def _rate_allows(self, arm: int, now: float) -> bool:
+        """The arm's own calls-per-minute cap and (a remote arm) the cap on all remote arms together."""
         cap = self.caps[arm]
         if cap is not None and len(self._prune_calls(arm, now)) + 1 > cap:
             return False
-        if (
-            self.remote[arm]
-            and self.remote_cap is not None
-            and self.remote_calls_last_minute(now) + 1 > self.remote_cap
-        ):
+        remote_cap = self.remote_cap
+        return not (self.remote[arm] and remote_cap is not None and self.remote_calls_last_minute(now) + 1 > remote_cap)
+
+    def _caps_allow(self, arm: int, n: int, now: float) -> bool:
+        if not self._rate_allows(arm, now):
             return False
         full = len(self._entries) >= self.decision_window
         oldest = self._entries[0] if full else None
@@ -248,17 +303,8 @@ class ArmPacer:
         with self._lock:
             entries = list(self._entries)
             now = self.clock()
-            per_arm = []
-            for a in range(len(self.costs)):
-                mine = [e for e in entries if e.arm == a]
-                scored = [e.quality for e in mine if e.quality is not None]
-                per_arm.append({
-                    "requests": len(mine),
-                    "share": len(mine) / len(entries) if entries else None,
-                    "spent": sum(e.cost for e in mine),  # over the decision window
-                    "mean_quality": float(np.mean(scored)) if scored else None,
-                    "calls_last_minute": len(self._prune_calls(a, now)),
-                })  # fmt: skip
+            calls = [len(self._prune_calls(a, now)) for a in range(len(self.costs))]
+            per_arm = arm_numbers([(e.arm, e.cost, e.quality) for e in entries], calls)
             return {
                 "cost_budget": self._budget,
                 "lambda": self._lam,
