@@ -67,7 +67,8 @@ class RouterConfig:
     encoder_finetuned: bool = False
     # the cheap-feature prior (router_model/prior.py): fitted by training when use_prior, None in old checkpoints
     use_prior: bool = True
-    prior_alpha: float = 0.3  # chosen with residual_scale by lab/prior_select.py (docs/ROUTER_PRIOR.md)
+    # the prior's ridge strength; None: chosen per training run by exact leave-one-out (lab/prior_fit.py)
+    prior_alpha: float | None = None
     residual_scale: float = 0.25  # γ: the tower's weight on top of the prior at scoring time (training uses 1)
     # choose γ after training on the members' own validation folds (lab/residual_scale.py); off: keep the γ above
     residual_scale_auto: bool = True
@@ -79,7 +80,7 @@ class RouterConfig:
                 raise ValueError(f"RouterConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"RouterConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.residual_scale < 0 or self.prior_alpha < 0:
+        if self.residual_scale < 0 or (self.prior_alpha is not None and self.prior_alpha < 0):
             raise ValueError("RouterConfig.residual_scale and prior_alpha must be >= 0")
         if self.prs_stats is not None and not self.metrics:
             self.metrics = list(self.prs_stats["metrics"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from router_model.lab.data import RoutingExample
-from router_model.lab.prior_fit import fit_prior, prior_inputs
+from router_model.lab.prior_fit import fit_prior, leave_one_out_errors, prior_inputs
 from router_model.model import RouterConfig, RouteT2IRouter
 from router_model.prior import PRIOR_FEATURES, TOKENS, FeaturePrior
 from router_model.prs import fit_prs_stats
@@ -121,3 +121,30 @@ def test_the_tower_weight_scales_only_the_correction(encoder_path):
     torch.testing.assert_close(prior_only, router.prior.logits(features, states.mask))
     torch.testing.assert_close(half, (prior_only + full) / 2)
     assert not torch.allclose(full, prior_only)
+
+
+def test_leave_one_out_errors_are_exact_and_choose_the_prior_strength():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(40, 3))
+    target = np.c_[z @ np.array([1.0, 0.0, -0.5]) + rng.normal(0, 0.3, 40), rng.normal(size=40)]
+    alpha = 0.1
+    errors = leave_one_out_errors(z, target, [alpha])
+    brute = []
+    for i in range(40):
+        keep = np.arange(40) != i
+        zm, ym = z[keep].mean(0), target[keep].mean(0)
+        zc = z[keep] - zm
+        w = np.linalg.solve(zc.T @ zc + alpha * 40 * np.eye(3), zc.T @ (target[keep] - ym))
+        brute.append(((target[i] - ym - (z[i] - zm) @ w) ** 2).sum())
+    # exact: the refit on n − 1 prompts keeps the penalty alpha · n and an unpenalised intercept
+    assert errors[alpha] == pytest.approx(np.mean(brute), rel=1e-9)
+
+    data = examples()  # the gap grows with length: a weak penalty wins
+    stats = fit_prs_stats(np.array([e.q_edge for e in data]), np.array([e.q_cloud for e in data]), ["m"])
+    tokens = np.array([len(e.prompt.split()) + 2 for e in data])
+    assert fit_prior(data, tokens, stats).alpha <= 1.0
+    noise = [
+        RoutingExample(e.prompt, "edge", "cloud", ["m"], [2.0], [2.0 + g])
+        for e, g in zip(data, np.random.default_rng(2).normal(0, 0.3, len(data)), strict=True)
+    ]
+    assert fit_prior(noise, tokens, stats).alpha >= 100.0  # no signal: the prior shrinks to a constant

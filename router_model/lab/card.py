@@ -39,8 +39,9 @@ def write_model_card(
         [
             "cheap-feature prior",
             (
-                f"ridge (α {config['prior']['alpha']}) on {', '.join(config['prior']['features'])}; "
-                f"tower weight γ {config.get('residual_scale')} (docs/ROUTER_PRIOR.md)"
+                f"ridge (α {config['prior']['alpha']}, {alpha_origin(config)}) on "
+                f"{', '.join(config['prior']['features'])}; tower weight γ {config.get('residual_scale')} "
+                f"({'chosen on the validation folds' if config.get('residual_scale_auto', True) else 'fixed'})"
             )
             if config.get("prior")
             else "none (the paper's tower alone)",
@@ -92,3 +93,7 @@ def write_model_card(
     path = directory / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def alpha_origin(config: dict) -> str:
+    return "chosen by leave-one-out" if config.get("prior_alpha") is None else "fixed"

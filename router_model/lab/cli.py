@@ -301,7 +301,9 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-token-selection", action="store_true", help="ablation: pool all tokens")
     p.add_argument("--no-dual-gate", action="store_true", help="ablation: one projection, no contrast")
     p.add_argument("--no-prior", action="store_true", help="no cheap-feature prior: the paper's tower alone")
-    p.add_argument("--prior-alpha", type=float, help="the prior's ridge strength (default: RouterConfig's)")
+    p.add_argument(
+        "--prior-alpha", type=float, help="the prior's ridge strength (default: chosen by leave-one-out in training)"
+    )
     p.add_argument(
         "--residual-scale",
         type=float,

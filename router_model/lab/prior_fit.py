@@ -2,9 +2,12 @@
 
 Target per head i: the logit of the normalised distance D_i = σ((q_edge − q_cloud)/scale_i), i.e. the
 scaled quality difference itself, so prior and tower add up in the space the heads' sigmoid reads.
-`alpha` is the ridge strength per example on standardised features (alpha · n · I); the default
-(`RouterConfig.prior_alpha`) was chosen with the residual scale by transfer across data sets
-(lab/prior_select.py, docs/ROUTER_PRIOR.md).
+`alpha` is the ridge strength per example on standardised features (alpha · n · I). By default
+(`RouterConfig.prior_alpha` None) each training run chooses it from `PRIOR_ALPHA_GRID` by exact leave-one-out
+error on its own training prompts (closed form through the SVD: no refits). Where the cheap features carry no
+signal (AGIQA-3K, SeeTRUE) it picks the strongest alpha, the prior becomes a constant and the tower does the
+work; where they do (GenAI-Bench, GenEval) it picks 0.3, the value the transfer selection of
+lab/prior_select.py (docs/ROUTER_PRIOR.md) had chosen for every set alike.
 """
 
 from __future__ import annotations
@@ -27,16 +30,38 @@ def prior_inputs(prompts: Sequence[str], token_counts: Sequence[int] | np.ndarra
     return np.concatenate(columns, axis=1)
 
 
+PRIOR_ALPHA_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, 1000.0)
+
+
+def leave_one_out_errors(z: np.ndarray, target: np.ndarray, alphas: Sequence[float]) -> dict[float, float]:
+    """Mean squared leave-one-out error (summed over target columns) of the ridge with an intercept on
+    standardised `z`, per alpha (penalty alpha · n · I), from one SVD: r_i / (1 − h_ii) is the exact
+    leave-one-out residual of a linear smoother."""
+    n = len(z)
+    centred_z = z - z.mean(axis=0)
+    centred_y = target - target.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred_z, full_matrices=False)
+    projected = u.T @ centred_y  # [r, k]
+    errors = {}
+    for alpha in alphas:
+        shrink = s**2 / (s**2 + alpha * n)
+        fitted = u @ (shrink[:, None] * projected)
+        leverage = (u**2) @ shrink + 1.0 / n
+        residual = (centred_y - fitted) / (1.0 - leverage)[:, None]
+        errors[float(alpha)] = float((residual**2).sum(axis=1).mean())
+    return errors
+
+
 def fit_prior(
     examples: Sequence[RoutingExample],
     token_counts: Sequence[int] | np.ndarray,
     stats: PRSStats,
-    alpha: float = 1.0,
+    alpha: float | None = None,
     names: Sequence[str] = PRIOR_FEATURES,
     multi_metric: bool = True,
 ) -> FeaturePrior:
     """Ridge of each head's distance logit on the standardised features of `examples` (one head on logit(PRS)
-    when `multi_metric` is off, as the ablated router has)."""
+    when `multi_metric` is off, as the ablated router has); `alpha` None: chosen by leave-one-out."""
     x = prior_inputs([ex.prompt for ex in examples], token_counts, names)
     q_edge, q_cloud = quality_arrays(examples)
     target = (q_edge - q_cloud) / np.asarray(stats.scale)  # [n, k]: logit of D_i
@@ -46,6 +71,9 @@ def fit_prior(
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale = np.where(scale > 1e-9, scale, 1.0)
     z = (x - mean) / scale
+    if alpha is None:
+        errors = leave_one_out_errors(z, target, PRIOR_ALPHA_GRID)
+        alpha = min(errors, key=lambda a: (errors[a], -a))  # ties: the stronger penalty
     bias = target.mean(axis=0)
     gram = z.T @ z + alpha * len(z) * np.eye(z.shape[1])
     weight = np.linalg.solve(gram, z.T @ (target - bias)).T  # [k, F]
