@@ -8,8 +8,9 @@ never saw (docs/RESULTS.md, docs/ROUTER_LODO.md). So the router's head logit for
 with f the regex features of `features.py` (no spaCy: they cost microseconds at serving time) and
 `log_tokens`, the log of the encoder's real-token count (read off the attention mask, so it matches the
 tokens the tower sees). w, b come from a closed-form ridge fit on the training prompts
-(`lab/prior_fit.py`); the tower is then trained on top of the fixed prior, and γ (`residual_scale`,
-chosen by validation on pairs the router was not trained on) shrinks its correction at scoring time.
+(`lab/prior_fit.py`, its strength chosen by leave-one-out); the tower is then trained on top of the fixed
+prior, and γ (`residual_scale`, chosen on the training run's validation folds: `lab/residual_scale.py`)
+weighs its correction at scoring time.
 """
 
 from __future__ import annotations
