@@ -25,6 +25,11 @@ def test_train_score_calibrate_evaluate(split, capsys):
     ckpt = split / "router"
     assert main(["train", "--data", str(split / "train.jsonl"), "--out", str(ckpt), "--epochs", "5"]) == 0
     assert (ckpt / "config.json").exists() and (ckpt / "model.safetensors").stat().st_size < 10_000_000
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["residual_scale_auto"] and config["prior_alpha"] is None  # both chosen by the run itself
+    summary = json.loads((ckpt / "training_summary.json").read_text())
+    assert summary["residual_scale_selection"]["chosen"] == config["residual_scale"]
+    assert config["prior"]["alpha"] in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, 1000.0)
     capsys.readouterr()
 
     assert main(["score", "--router", str(ckpt), "a cat", "two dogs chasing a ball in a park"]) == 0
@@ -46,6 +51,18 @@ def test_train_score_calibrate_evaluate(split, capsys):
     assert result["n_prompts"] == 60 and "0.5" in result["methods"]["routet2i"]["delta_p"]
     assert result["methods"]["oracle"]["auc"] >= result["methods"]["routet2i"]["auc"]
     assert (split / "dp.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_train_keeps_a_zero_tower_weight_and_ridge_strength_when_given(split):
+    ckpt = split / "fixed"
+    args = ["train", "--data", str(split / "train.jsonl"), "--out", str(ckpt), "--epochs", "2", "--members", "2",
+            "--residual-scale", "0", "--prior-alpha", "0"]  # fmt: skip
+    assert main(args) == 0
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["residual_scale"] == 0 and not config["residual_scale_auto"]
+    assert config["prior_alpha"] == 0 and config["prior"]["alpha"] == 0
+    assert "residual_scale_selection" not in json.loads((ckpt / "training_summary.json").read_text())
 
 
 def test_evaluate_kfold_json_contract(split, tmp_path, capsys):

@@ -76,7 +76,8 @@ def fit_prior(
         alpha = min(errors, key=lambda a: (errors[a], -a))  # ties: the stronger penalty
     bias = target.mean(axis=0)
     gram = z.T @ z + alpha * len(z) * np.eye(z.shape[1])
-    weight = np.linalg.solve(gram, z.T @ (target - bias)).T  # [k, F]
+    # lstsq: with alpha 0 a constant or repeated feature column makes the gram singular (minimum-norm fit then)
+    weight = np.linalg.lstsq(gram, z.T @ (target - bias), rcond=None)[0].T  # [k, F]
     return FeaturePrior(
         features=list(names),
         mean=mean.tolist(),
