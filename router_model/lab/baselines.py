@@ -379,10 +379,13 @@ ROUTERS: dict[str, type[BaseRouter]] = {
     "routet2i_no_multi_metric": _routet2i_variant("routet2i_no_multi_metric", multi_metric=False),
     "routet2i_no_token_selection": _routet2i_variant("routet2i_no_token_selection", token_selection=False),
     "routet2i_no_dual_gate": _routet2i_variant("routet2i_no_dual_gate", dual_gate=False),
+    # not one of the paper's ablations: the paper's tower alone, without this project's cheap-feature prior
+    "routet2i_no_prior": _routet2i_variant("routet2i_no_prior", use_prior=False),
 }
 BASELINES = ["random", "noun_count", "prompt_length", "routellm_bert", "hybrid_llm", "zooter", "oracle"]
 ABLATIONS = ["routet2i_no_multi_metric", "routet2i_no_token_selection", "routet2i_no_dual_gate"]
-SEEDED = {"random", "routellm_bert", "hybrid_llm", "zooter", "routet2i", *ABLATIONS}
+VARIANTS = ["routet2i_no_prior"]  # RouteT2I variants that are neither baselines nor the paper's ablations
+SEEDED = {"random", "routellm_bert", "hybrid_llm", "zooter", "routet2i", *ABLATIONS, *VARIANTS}
 
 
 def make_router(name: str, **kw: Any) -> BaseRouter:

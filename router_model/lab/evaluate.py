@@ -19,6 +19,7 @@ from router_model.lab.baselines import (
     ABLATIONS,
     BASELINES,
     ROUTERS,
+    VARIANTS,
     BaseRouter,
     RouteT2IMethod,
     make_router,
@@ -38,7 +39,7 @@ from router_model.lab.delta_p import (
 )
 from router_model.lab.training_sets import check_training_metrics, single_pair_view
 
-NOT_BASELINES = {"oracle", "routet2i", "checkpoint", *ABLATIONS}
+NOT_BASELINES = {"oracle", "routet2i", "checkpoint", *ABLATIONS, *VARIANTS}
 
 
 # ---------------------------------------------------------------- scoring methods per fold
