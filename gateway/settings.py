@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     )
     scoring_max_batch: int = Field(32, ge=1, description="Most prompts scored in one router call.")
     scoring_window_ms: float = Field(2.0, ge=0, description="How long a scoring batch waits for company.")
+    scoring_inline: bool = Field(
+        True, description="Score a lone request (nothing else in flight) on the event loop's thread: no thread hops."
+    )
 
     # budget
     rho: float = Field(0.3, ge=0, le=1, description="Initial cloud budget ρ (the state file wins once written).")

@@ -24,13 +24,14 @@ import copy
 import hashlib
 import math
 import os
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from router_model.prior import TOKENS
 
 if TYPE_CHECKING:
     from router_model.model import RouterScores, RouteT2IRouter
@@ -39,6 +40,10 @@ RUNTIMES = ("torch", "onnx", "onnx-int8")  # the gateway's router_runtime: the p
 VARIANTS = ("fp32", "int8-dynamic", "int8-blockwise")  # graphs OnnxRouter can run
 RUNTIME_VARIANT = {"onnx": "fp32", "onnx-int8": "int8-blockwise"}
 WEIGHT_BLOCK = 32  # K-block of the blockwise int8 weights (16 agrees no better on COCO, 128 only just: 99.00%)
+# Narrower weights stay float: MatMulNBits costs more than the float MatMul on them (the gate's expert embeddings,
+# N = 1: five of them took about a third of the int8 graph's single-prompt time, docs/BENCHMARKS.md).
+MIN_COLUMNS = 16
+GRAPH_VERSION = 2  # of the exported graph's layout (2: the ensemble's members merged into one head)
 
 
 def onnx_available() -> bool:
@@ -60,8 +65,8 @@ def cache_dir() -> Path:
 def _fingerprint(router: RouteT2IRouter, variant: str) -> str:
     """Changes with the head's and the encoder's weights, the config, torch's version and the variant."""
     digest = hashlib.blake2b(digest_size=12)
-    salt = {"fp32": False, "int8-dynamic": True}.get(variant, f"{variant}/{WEIGHT_BLOCK}")  # old names stay valid
-    digest.update(f"{torch.__version__}|{salt}|{router.config.to_dict()}".encode())
+    salt = {"fp32": False, "int8-dynamic": True}.get(variant, f"{variant}/{WEIGHT_BLOCK}/{MIN_COLUMNS}")
+    digest.update(f"{torch.__version__}|{GRAPH_VERSION}|{salt}|{router.config.to_dict()}".encode())
     for module in (router, router.encoder.model):
         for name, tensor in module.state_dict().items():
             digest.update(name.encode() + str(tuple(tensor.shape)).encode())
@@ -69,20 +74,79 @@ def _fingerprint(router: RouteT2IRouter, variant: str) -> str:
     return digest.hexdigest()
 
 
-def _traceable_gate(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`RouteT2IRouter.gate` with `top_k` fixed and a tensor `scatter` source (what the ONNX exporter takes);
-    the same result whenever there are at least `top_k` token positions (padded ones are masked out)."""
-    real = mask.bool().unsqueeze(-1).expand(*mask.shape, self.config.num_experts)
-    if not self.config.token_selection:
-        weights = real.to(states.dtype)
-        return weights / weights.sum(1, keepdim=True).clamp_min(1.0), real
-    logits = states @ self.expert_embeddings.t() / math.sqrt(states.shape[-1])
-    null = torch.zeros_like(logits[..., :1])
-    affinity = torch.softmax(torch.cat([logits, null], dim=-1), dim=-1)[..., :-1].masked_fill(~real, 0.0)
-    index = affinity.masked_fill(~real, -1.0).topk(self.config.top_k, dim=1).indices
-    selected = torch.zeros_like(real).scatter(1, index, torch.ones_like(index, dtype=torch.bool)) & real
-    weights = affinity * selected
-    return weights / weights.sum(1, keepdim=True).clamp_min(1e-12), selected
+class _MergedHead(torch.nn.Module):
+    """The router's head (all ensemble members at once) as one traceable module: (states, mask, features) →
+    (D̂ [B, k], PRŜ [B]), the same arithmetic as `RouteT2IRouter.forward` in eval mode.
+
+    The members' weights are stacked along a member axis m, so the graph runs each step once for all members
+    (a few dozen nodes instead of a few dozen per member: ONNX Runtime's per-node cost is what a single prompt
+    pays most for once the encoder is int8), the layer norm is computed once and each member's affine applied to
+    it, and the prior's logits (shared by the members) once. The top-k of the gate is traced with `top_k` fixed,
+    the same result whenever there are at least `top_k` token positions (inputs are padded to that; padding is
+    masked out)."""
+
+    def __init__(self, router: RouteT2IRouter):
+        super().__init__()
+        members = list(router.members) if router.members is not None else [router]
+        self.config, self.prior = members[0].config, members[0].prior
+        self.eps = members[0].norm.eps
+
+        def stack(name: str, module: str | None = None) -> torch.nn.Parameter:
+            tensors = [getattr(getattr(m, module) if module else m, name).detach().float().cpu() for m in members]
+            return torch.nn.Parameter(torch.stack(tensors), requires_grad=False)
+
+        self.norm_weight, self.norm_bias = stack("weight", "norm"), stack("bias", "norm")  # [m, d]
+        if self.config.token_selection:
+            self.expert_embeddings = stack("expert_embeddings")  # [m, k, d]
+        self.proj_pos = stack("proj_pos")  # [m, k, d, l]
+        if self.config.dual_gate:
+            self.proj_neg = stack("proj_neg")
+        self.scoring, self.scoring_bias = stack("scoring"), stack("scoring_bias")  # [m, k, l, h], [m, k, h]
+        self.head_weight, self.head_bias = stack("head_weight"), stack("head_bias")  # [m, k, h], [m, k]
+        self.register_buffer("metric_weights", router.metric_weights.detach().float().cpu().clone())
+        if self.prior is not None:
+            self.prior_mean, self.prior_scale, self.prior_weight, self.prior_bias = (
+                torch.nn.Parameter(t.clone(), False) for t in self.prior._tensors
+            )
+
+    def _weights(self, states: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Pooling weights [B, n, m, k]: `RouteT2IRouter.gate` of every member at once."""
+        if not self.config.token_selection:
+            weights = real.to(states.dtype)
+            return weights / weights.sum(1, keepdim=True).clamp_min(1.0)
+        scale = math.sqrt(self.expert_embeddings.shape[-1])
+        logits = torch.einsum("bnmd,mkd->bnmk", states, self.expert_embeddings) / scale
+        null = torch.zeros_like(logits[..., :1])
+        affinity = torch.softmax(torch.cat([logits, null], dim=-1), dim=-1)[..., :-1].masked_fill(~real, 0.0)
+        index = affinity.masked_fill(~real, -1.0).topk(self.config.top_k, dim=1).indices
+        selected = torch.zeros_like(real).scatter(1, index, torch.ones_like(index, dtype=torch.bool)) & real
+        weights = affinity * selected
+        return weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+
+    def forward(
+        self, states: torch.Tensor, mask: torch.Tensor, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        members, k = self.norm_weight.shape[0], self.config.num_experts
+        mask = mask.bool()
+        x = states.masked_fill(~mask.unsqueeze(-1), 0.0)
+        x = torch.nn.functional.layer_norm(x, (self.norm_weight.shape[-1],), eps=self.eps)
+        x = x.unsqueeze(2) * self.norm_weight + self.norm_bias  # [B, n, m, d]: each member's own affine
+        real = mask[:, :, None, None].expand(*mask.shape, members, k)
+        weights = self._weights(x, real)
+        score = torch.einsum("bnmd,mkdl->bnmkl", x, self.proj_pos)
+        if self.config.dual_gate:
+            score = score - torch.einsum("bnmd,mkdl->bnmkl", x, self.proj_neg)
+        tokens = torch.sigmoid(torch.einsum("bnmkl,mklh->bnmkh", score, self.scoring) + self.scoring_bias)
+        pooled = torch.einsum("bnmk,bnmkh->bmkh", weights, tokens)
+        logits = torch.einsum("bmkh,mkh->bmk", pooled, self.head_weight) + self.head_bias
+        if self.prior is not None:
+            columns = [features.to(torch.float32)]
+            if TOKENS in self.prior.features:
+                columns.append(torch.log1p(mask.to(torch.float32).sum(1, keepdim=True)))
+            prior = ((torch.cat(columns, 1) - self.prior_mean) / self.prior_scale) @ self.prior_weight.t()
+            logits = (prior + self.prior_bias).unsqueeze(1) + self.config.residual_scale * logits
+        d_hat = torch.sigmoid(logits).mean(1)
+        return d_hat, d_hat @ self.metric_weights
 
 
 class _Graph(torch.nn.Module):
@@ -90,16 +154,14 @@ class _Graph(torch.nn.Module):
 
     def __init__(self, router: RouteT2IRouter):
         super().__init__()
-        self.router = copy.deepcopy(router).float().cpu().eval()  # copies: the live router keeps its dtype/device
-        self.encoder = copy.deepcopy(router.encoder.model).float().cpu().eval()
-        for head in self.router.members if self.router.members is not None else [self.router]:
-            head.gate = types.MethodType(_traceable_gate, head)
+        self.head = _MergedHead(router).eval()
+        self.encoder = copy.deepcopy(router.encoder.model).float().cpu().eval()  # a copy: the live one keeps its dtype
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.router(states, attention_mask.bool(), features)
+        return self.head(states, attention_mask.bool(), features)
 
 
 def export_onnx(router: RouteT2IRouter, path: Path) -> Path:
@@ -159,8 +221,8 @@ def block_int8(weight: np.ndarray, block_size: int = WEIGHT_BLOCK) -> tuple[np.n
 
 
 def quantize_blockwise_int8(source: Path, path: Path, block_size: int = WEIGHT_BLOCK) -> Path:
-    """Every MatMul with a 2-D constant weight (the encoder's projections and the head's) → `MatMulNBits`
-    (8 bits, blocks of `block_size`, accuracy_level 4); the rest of the graph is unchanged."""
+    """Every MatMul with a 2-D constant weight of at least MIN_COLUMNS columns (the encoder's projections) →
+    `MatMulNBits` (8 bits, blocks of `block_size`, accuracy_level 4); the rest of the graph is unchanged."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -177,7 +239,10 @@ def quantize_blockwise_int8(source: Path, path: Path, block_size: int = WEIGHT_B
     nodes, dropped, added = [], set(), []
     for node in graph.node:
         weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is None or len(weight.dims) != 2 or uses[weight.name] != 1 or weight.data_type != FLOAT:
+        if (
+            weight is None or len(weight.dims) != 2 or weight.dims[1] < MIN_COLUMNS or uses[weight.name] != 1
+            or weight.data_type != FLOAT
+        ):  # fmt: skip
             nodes.append(node)
             continue
         array = numpy_helper.to_array(weight)
