@@ -98,8 +98,8 @@ def faster_paths(router: RouteT2IRouter, max_lengths: Sequence[int]) -> dict[str
 
 
 def onnx_paths(router: RouteT2IRouter) -> dict[str, RouteT2IRouter]:
-    """The whole router as one ONNX Runtime graph, float32 (`router_runtime: onnx`), dynamic int8 and blockwise
-    int8 weights (`router_runtime: onnx-int8`), when onnxruntime is installed (the `onnx` extra)."""
+    """The whole router as one ONNX Runtime graph, float32 (`router_runtime: onnx`), dynamic int8, blockwise int8
+    weights, and the two mixed (`router_runtime: onnx-int8`), when onnxruntime is installed (the `onnx` extra)."""
     from router_model.onnx_runtime import OnnxRouter, onnx_available
 
     if not onnx_available():
@@ -109,6 +109,7 @@ def onnx_paths(router: RouteT2IRouter) -> dict[str, RouteT2IRouter]:
         "ONNX Runtime fp32": OnnxRouter(router, threads=threads),
         "ONNX Runtime int8 dynamic, per channel": OnnxRouter(router, "int8-dynamic", threads=threads),
         "ONNX Runtime int8 blockwise weights": OnnxRouter(router, "int8-blockwise", threads=threads),
+        "ONNX Runtime int8 mixed": OnnxRouter(router, "int8-mixed", threads=threads),
     }  # type: ignore[dict-item]  # OnnxRouter scores like a RouteT2IRouter
 
 
@@ -260,13 +261,17 @@ def report(result: dict, args: argparse.Namespace) -> str:
 
     lines += [
         "",
-        "ONNX Runtime paths: the whole router (encoder and head) exported once with torch.onnx (TorchScript "
-        "exporter, opset 17) and run by `onnxruntime` (CPU provider, one intra-op thread), tokenisation included; "
-        "int8 dynamic is `onnxruntime.quantization.quantize_dynamic` of that graph (per-channel weights, one scale "
-        "per activation tensor); int8 blockwise weights replaces every MatMul with a constant weight by "
-        "`MatMulNBits` (8 bits, one scale per block of 32 along K, `accuracy_level` 4: int8 compute with the "
-        "activations quantised per block of 32 too). The fp32 graph is the gateway's `router_runtime: onnx`, the "
-        "blockwise graph its `router_runtime: onnx-int8` (the `onnx` extra)."
+        "ONNX Runtime paths: the whole router (encoder and head, the ensemble's five members merged into one head "
+        "so the graph runs each step once for all of them) exported once with torch.onnx (TorchScript exporter, "
+        "opset 17) and run by `onnxruntime` (CPU provider, one intra-op thread), tokenisation included; int8 dynamic "
+        "is `onnxruntime.quantization.quantize_dynamic` of that whole graph (per-channel weights, one scale per "
+        "activation tensor, the head's gate included); int8 blockwise weights replaces every MatMul with a constant "
+        "weight of 16 columns or more by `MatMulNBits` (8 bits, one scale per block of 32 along K, `accuracy_level` "
+        "4: int8 compute with the activations quantised per block of 32 too); int8 mixed is dynamic int8 for the "
+        "encoder's MatMuls with K ≤ N (attention projections, FFN up-projection) and blockwise int8 for its FFN "
+        "down-projections (K > N, whose input, the GELU's output, has outliers one scale per tensor cannot hold), "
+        "the head in float. The fp32 graph is the gateway's `router_runtime: onnx`, the mixed graph its "
+        "`router_runtime: onnx-int8` (the `onnx` extra)."
         if onnx_available()
         else "ONNX Runtime was not measured: `onnxruntime` is not installed here (`pip install 'routet2i[onnx]'`).",
     ]
