@@ -43,7 +43,8 @@ WEIGHT_BLOCK = 32  # K-block of the blockwise int8 weights (16 agrees no better 
 # Narrower weights stay float: MatMulNBits costs more than the float MatMul on them (the gate's expert embeddings,
 # N = 1: five of them took about a third of the int8 graph's single-prompt time, docs/BENCHMARKS.md).
 MIN_COLUMNS = 16
-GRAPH_VERSION = 2  # of the exported graph's layout (2: the ensemble's members merged into one head)
+FLOAT_SCOPE = "/head/"  # nodes of the exported head stay float: its gate ranks tokens, small errors reorder them
+GRAPH_VERSION = 3  # of the exported graph's layout (3: the ensemble's members merged into one head, folded)
 
 
 def onnx_available() -> bool:
@@ -76,69 +77,70 @@ def _fingerprint(router: RouteT2IRouter, variant: str) -> str:
 
 class _MergedHead(torch.nn.Module):
     """The router's head (all ensemble members at once) as one traceable module: (states, mask, features) →
-    (D̂ [B, k], PRŜ [B]), the same arithmetic as `RouteT2IRouter.forward` in eval mode.
-
-    The members' weights are stacked along a member axis m, so the graph runs each step once for all members
-    (a few dozen nodes instead of a few dozen per member: ONNX Runtime's per-node cost is what a single prompt
-    pays most for once the encoder is int8), the layer norm is computed once and each member's affine applied to
-    it, and the prior's logits (shared by the members) once. The top-k of the gate is traced with `top_k` fixed,
-    the same result whenever there are at least `top_k` token positions (inputs are padded to that; padding is
-    masked out)."""
+    (D̂ [B, k], PRŜ [B]), the arithmetic of `RouteT2IRouter.forward` in eval mode rearranged into few graph nodes
+    (ONNX Runtime's per-node cost is what a single prompt pays most for once the encoder is int8):
+    - the layer norm is computed once without its affine; each member's affine (g, b) is linear, so it is folded
+      into the weights that follow: every member's gate logits (T Eᵀ/√d) and dual-gate projections (T (P⁺ − P⁻))
+      are one MatMul of the normed states with a [d, m·k + m·k·l] weight plus a bias;
+    - the members' low-rank → hidden maps S_i are one MatMul with their block-diagonal;
+    - the prior's logits (shared by the members) are computed once.
+    The top-k of the gate is traced with `top_k` fixed, the same result whenever there are at least `top_k` token
+    positions (inputs are padded to that; padding is masked out)."""
 
     def __init__(self, router: RouteT2IRouter):
         super().__init__()
         members = list(router.members) if router.members is not None else [router]
         self.config, self.prior = members[0].config, members[0].prior
-        self.eps = members[0].norm.eps
+        self.eps, self.members = members[0].norm.eps, len(members)
+        d = int(self.config.input_dim)
 
-        def stack(name: str, module: str | None = None) -> torch.nn.Parameter:
-            tensors = [getattr(getattr(m, module) if module else m, name).detach().float().cpu() for m in members]
-            return torch.nn.Parameter(torch.stack(tensors), requires_grad=False)
+        def stack(get) -> torch.Tensor:
+            return torch.stack([get(m).detach().double().cpu() for m in members])  # folded in float64, stored fp32
 
-        self.norm_weight, self.norm_bias = stack("weight", "norm"), stack("bias", "norm")  # [m, d]
+        gain, shift = stack(lambda m: m.norm.weight), stack(lambda m: m.norm.bias)  # [m, d]
+        proj = stack(lambda m: m.proj_pos - m.proj_neg if self.config.dual_gate else m.proj_pos)  # [m, k, d, l]
+        weight = (gain[:, None, :, None] * proj).permute(2, 0, 1, 3).reshape(d, -1)  # [d, m·k·l]
+        bias = torch.einsum("md,mkdl->mkl", shift, proj).reshape(-1)
         if self.config.token_selection:
-            self.expert_embeddings = stack("expert_embeddings")  # [m, k, d]
-        self.proj_pos = stack("proj_pos")  # [m, k, d, l]
-        if self.config.dual_gate:
-            self.proj_neg = stack("proj_neg")
-        self.scoring, self.scoring_bias = stack("scoring"), stack("scoring_bias")  # [m, k, l, h], [m, k, h]
-        self.head_weight, self.head_bias = stack("head_weight"), stack("head_bias")  # [m, k, h], [m, k]
+            experts = stack(lambda m: m.expert_embeddings) / math.sqrt(d)  # [m, k, d]
+            weight = torch.cat([(gain[:, None, :] * experts).permute(2, 0, 1).reshape(d, -1), weight], 1)
+            bias = torch.cat([torch.einsum("md,mkd->mk", shift, experts).reshape(-1), bias])
+        self.register_buffer("weight", weight.float())
+        self.register_buffer("bias", bias.float())
+        scoring = stack(lambda m: m.scoring)  # [m, k, l, h]
+        self.register_buffer("scoring", torch.block_diag(*scoring.reshape(-1, *scoring.shape[2:])).float())
+        self.register_buffer("scoring_bias", stack(lambda m: m.scoring_bias).reshape(-1).float())  # [m·k·h]
+        self.register_buffer("head_weight", stack(lambda m: m.head_weight).float())  # [m, k, h]
+        self.register_buffer("head_bias", stack(lambda m: m.head_bias).float())  # [m, k]
         self.register_buffer("metric_weights", router.metric_weights.detach().float().cpu().clone())
         if self.prior is not None:
-            self.prior_mean, self.prior_scale, self.prior_weight, self.prior_bias = (
-                torch.nn.Parameter(t.clone(), False) for t in self.prior._tensors
-            )
-
-    def _weights(self, states: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Pooling weights [B, n, m, k]: `RouteT2IRouter.gate` of every member at once."""
-        if not self.config.token_selection:
-            weights = real.to(states.dtype)
-            return weights / weights.sum(1, keepdim=True).clamp_min(1.0)
-        scale = math.sqrt(self.expert_embeddings.shape[-1])
-        logits = torch.einsum("bnmd,mkd->bnmk", states, self.expert_embeddings) / scale
-        null = torch.zeros_like(logits[..., :1])
-        affinity = torch.softmax(torch.cat([logits, null], dim=-1), dim=-1)[..., :-1].masked_fill(~real, 0.0)
-        index = affinity.masked_fill(~real, -1.0).topk(self.config.top_k, dim=1).indices
-        selected = torch.zeros_like(real).scatter(1, index, torch.ones_like(index, dtype=torch.bool)) & real
-        weights = affinity * selected
-        return weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+            names = ("prior_mean", "prior_scale", "prior_weight", "prior_bias")
+            for name, tensor in zip(names, self.prior._tensors, strict=True):
+                self.register_buffer(name, tensor.clone())
 
     def forward(
         self, states: torch.Tensor, mask: torch.Tensor, features: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        members, k = self.norm_weight.shape[0], self.config.num_experts
+        m, k, d = self.members, self.config.num_experts, int(self.config.input_dim)
         mask = mask.bool()
-        x = states.masked_fill(~mask.unsqueeze(-1), 0.0)
-        x = torch.nn.functional.layer_norm(x, (self.norm_weight.shape[-1],), eps=self.eps)
-        x = x.unsqueeze(2) * self.norm_weight + self.norm_bias  # [B, n, m, d]: each member's own affine
-        real = mask[:, :, None, None].expand(*mask.shape, members, k)
-        weights = self._weights(x, real)
-        score = torch.einsum("bnmd,mkdl->bnmkl", x, self.proj_pos)
-        if self.config.dual_gate:
-            score = score - torch.einsum("bnmd,mkdl->bnmkl", x, self.proj_neg)
-        tokens = torch.sigmoid(torch.einsum("bnmkl,mklh->bnmkh", score, self.scoring) + self.scoring_bias)
-        pooled = torch.einsum("bnmk,bnmkh->bmkh", weights, tokens)
-        logits = torch.einsum("bmkh,mkh->bmk", pooled, self.head_weight) + self.head_bias
+        x = torch.nn.functional.layer_norm(states.masked_fill(~mask.unsqueeze(-1), 0.0), (d,), eps=self.eps)
+        y = x @ self.weight + self.bias  # [B, n, (m·k gate logits,) m·k·l projections]
+        real = mask[:, :, None, None].expand(*mask.shape, m, k)
+        if self.config.token_selection:
+            logits = y[..., : m * k].reshape(y.shape[0], y.shape[1], m, k)  # (unflatten would trace batch 1)
+            null = torch.zeros_like(logits[..., :1])
+            affinity = torch.softmax(torch.cat([logits, null], dim=-1), dim=-1)[..., :-1].masked_fill(~real, 0.0)
+            index = affinity.masked_fill(~real, -1.0).topk(self.config.top_k, dim=1).indices
+            selected = torch.zeros_like(real).scatter(1, index, torch.ones_like(index, dtype=torch.bool)) & real
+            weights = affinity * selected
+            weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+            y = y[..., m * k :]
+        else:
+            weights = real.to(x.dtype)
+            weights = weights / weights.sum(1, keepdim=True).clamp_min(1.0)
+        tokens = torch.sigmoid(y @ self.scoring + self.scoring_bias).reshape(y.shape[0], y.shape[1], m, k, -1)
+        pooled = (weights.unsqueeze(-1) * tokens).sum(1)  # [B, m, k, h]
+        logits = (pooled * self.head_weight).sum(-1) + self.head_bias  # [B, m, k]
         if self.prior is not None:
             columns = [features.to(torch.float32)]
             if TOKENS in self.prior.features:
@@ -164,9 +166,10 @@ class _Graph(torch.nn.Module):
         return self.head(states, attention_mask.bool(), features)
 
 
-def export_onnx(router: RouteT2IRouter, path: Path) -> Path:
+def export_onnx(router: RouteT2IRouter, path: Path, graph: torch.nn.Module | None = None) -> Path:
     """Write the float32 router graph (input_ids, attention_mask[, features] → d_hat, prs) to `path`; a router
-    with a prior takes its text features (`prior.text_features`) as a third input."""
+    with a prior takes its text features (`prior.text_features`) as a third input. `graph`: another module with
+    that signature to export (default `_Graph(router)`; the benchmark's reference layouts)."""
     text = ["a photo of a cat sitting on a mat by the window"]
     sample = router.encoder.tokenizer(text, return_tensors="pt")
     ids, mask = _pad(sample["input_ids"].numpy(), sample["attention_mask"].numpy(), router.config.top_k)
@@ -184,7 +187,7 @@ def export_onnx(router: RouteT2IRouter, path: Path) -> Path:
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints: fixed by padding to top_k
         torch.onnx.export(
-            _Graph(router), inputs, str(tmp),
+            graph if graph is not None else _Graph(router), inputs, str(tmp),
             input_names=names, output_names=["d_hat", "prs"],
             dynamic_axes={k: axes[k] for k in [*names, "d_hat", "prs"]},
             opset_version=17, dynamo=False,
@@ -221,7 +224,7 @@ def block_int8(weight: np.ndarray, block_size: int = WEIGHT_BLOCK) -> tuple[np.n
 
 
 def quantize_blockwise_int8(source: Path, path: Path, block_size: int = WEIGHT_BLOCK) -> Path:
-    """Every MatMul with a 2-D constant weight of at least MIN_COLUMNS columns (the encoder's projections) →
+    """Every MatMul with a 2-D constant weight of at least MIN_COLUMNS columns outside the head (the encoder's) →
     `MatMulNBits` (8 bits, blocks of `block_size`, accuracy_level 4); the rest of the graph is unchanged."""
     import onnx
     from onnx import helper, numpy_helper
@@ -241,7 +244,7 @@ def quantize_blockwise_int8(source: Path, path: Path, block_size: int = WEIGHT_B
         weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if (
             weight is None or len(weight.dims) != 2 or weight.dims[1] < MIN_COLUMNS or uses[weight.name] != 1
-            or weight.data_type != FLOAT
+            or weight.data_type != FLOAT or node.name.startswith(FLOAT_SCOPE)
         ):  # fmt: skip
             nodes.append(node)
             continue
@@ -282,7 +285,8 @@ def quantize_mixed_int8(source: Path, path: Path, block_size: int = WEIGHT_BLOCK
     dynamic = set()
     for node in graph.node:
         weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is not None and len(weight.dims) == 2 and MIN_COLUMNS <= weight.dims[1] >= weight.dims[0]:
+        wide = weight is not None and len(weight.dims) == 2 and MIN_COLUMNS <= weight.dims[1] >= weight.dims[0]
+        if wide and not node.name.startswith(FLOAT_SCOPE):
             dynamic.add(node.name)
     tmp = path.with_suffix(f".{os.getpid()}.dynamic.tmp")
     excluded = [n.name for n in graph.node if n.name not in dynamic]
@@ -329,13 +333,16 @@ class OnnxRouter:
     CUDA when onnxruntime-gpu and a GPU are present, else the CPU with `threads` intra-op threads (default
     $OMP_NUM_THREADS or 1: one prompt is too small to split, and the gateway's event loop needs a core)."""
 
-    def __init__(self, router: RouteT2IRouter, variant: str = "fp32", threads: int | None = None):
+    def __init__(
+        self, router: RouteT2IRouter, variant: str = "fp32", threads: int | None = None, model_path: Path | None = None
+    ):
+        """`model_path`: run this graph (same inputs and outputs) instead of the cached one of `variant`."""
         import onnxruntime as ort
 
         self.config, self.variant = router.config, variant
         self.prior = router.prior
         self.tokenizer, self.max_length = router.encoder.tokenizer, router.encoder.max_length
-        self.model_path = onnx_model_path(router, variant)
+        self.model_path = model_path or onnx_model_path(router, variant)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 1)
