@@ -42,8 +42,8 @@ class Settings(BaseSettings):
     )
     router_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
         "torch",
-        description="onnx: the whole router on ONNX Runtime, same decisions, faster; onnx-int8: its weights as "
-        "blockwise int8, ≥ 99% same decisions, faster again (both need routet2i[onnx]).",
+        description="onnx: the whole router on ONNX Runtime, same decisions, faster; onnx-int8: its encoder in int8 "
+        "(dynamic, FFN down-projections blockwise), ≥ 99% same decisions, faster again (both need routet2i[onnx]).",
     )
     router_cache_size: int = Field(
         4096, ge=0, description="Recent prompt scores kept (by prompt hash) to skip the router; 0 = off."

@@ -3,15 +3,18 @@
 The torch router spends about a third of a single-prompt call in Python dispatch (BERT's modules, then
 five ensemble members' einsums); ONNX Runtime runs the same graph in C++ in one call. The graph is
 exported once from the loaded `RouteT2IRouter` (torch.onnx, TorchScript exporter, dynamic batch and
-length) into a cache directory keyed by the weights, and optionally quantised. On 5,000 COCO captions the
-fp32 graph's PRŜ match torch's to 2e-7 (docs/BENCHMARKS.md). Two int8 variants:
-- "int8-dynamic": `quantize_dynamic` (per-channel int8 weights, one scale per activation tensor) changes
-  about 3% of decisions: only a benchmark arm;
-- "int8-blockwise" (`router_runtime: onnx-int8`): every MatMul weight as 8-bit blocks of 32 along K with
-  their own scale (ONNX Runtime's `MatMulNBits`, `accuracy_level` 4: int8 compute with activations also
-  quantised in blocks of 32), so an outlier costs precision only in its block; it keeps ≥ 99% of decisions
-  and is 1.5-2× faster than the fp32 graph on one prompt on CPUs with int8 dot products (AVX-512 VNNI /
-  AVX-VNNI); batches of 8 or more gain little (ONNX Runtime 1.32's MatMulNBits kernels), see docs/BENCHMARKS.md.
+length) into a cache directory keyed by the weights, and optionally quantised. The ensemble's members are
+exported as one head (`_MergedHead`: ONNX Runtime pays per node, and a single prompt pays mostly that). On
+5,000 COCO captions the fp32 graph's PRŜ match torch's to 2e-7 (docs/BENCHMARKS.md). Three int8 variants:
+- "int8-dynamic": `quantize_dynamic` of the whole graph (per-channel int8 weights, one scale per activation
+  tensor, the head's gate included) changes about 3% of decisions: only a benchmark arm;
+- "int8-blockwise": every MatMul weight of the encoder as 8-bit blocks of 32 along K with their own scale
+  (ONNX Runtime's `MatMulNBits`, `accuracy_level` 4: int8 compute with activations also quantised in blocks
+  of 32), so an outlier costs precision only in its block: 99.8% of decisions, but slower than dynamic int8;
+- "int8-mixed" (`router_runtime: onnx-int8`): dynamic int8 for the encoder's MatMuls with K ≤ N, blockwise
+  for its FFN down-projections (`quantize_mixed_int8`), the head float: ≥ 99% of decisions and about 2× faster
+  than the fp32 graph on one prompt on CPUs with int8 dot products (AVX-512 VNNI / AVX-VNNI), see
+  docs/BENCHMARKS.md.
 
 One export detail: the head picks `top = min(top_k, length)` tokens per expert, a Python int the tracer
 would freeze, so inputs are padded to at least `top_k` tokens (padding is masked: same scores) and the
