@@ -274,7 +274,8 @@ def report(result: dict, args: argparse.Namespace) -> str:
         "with a constant weight of 16 columns or more by `MatMulNBits` (8 bits, one scale per block of 32 along K, "
         "`accuracy_level` 4: int8 compute with the activations quantised per block of 32 too); int8 mixed is "
         "dynamic int8 for the encoder's MatMuls with K ≤ N (attention projections, FFN up-projection) and "
-        "blockwise int8 for its FFN down-projections (K > N, whose input, the GELU's output, has outliers one scale per tensor cannot hold), "
+        "blockwise int8 for its FFN down-projections (K > N, whose input, the GELU's output, has outliers one "
+        "scale per tensor cannot hold), "
         "the head in float. The fp32 graph is the gateway's `router_runtime: onnx`, the mixed graph its "
         "`router_runtime: onnx-int8` (the `onnx` extra)."
         if onnx_available()
