@@ -181,7 +181,7 @@ def create_app(
         scorer = router if router is not None else load_router(settings)
         scoring = ScoringService(
             scorer, max_batch=settings.scoring_max_batch, window_ms=settings.scoring_window_ms,
-            cache_size=settings.router_cache_size,
+            cache_size=settings.router_cache_size, inline=settings.scoring_inline,
         )  # fmt: skip
         await scoring.start()
         for backend in arm_backends.values() or [edge]:

@@ -1,9 +1,14 @@
 """Scoring service: router calls off the event loop, with micro-batching of concurrent requests.
 
 Requests that arrive within `window_ms` of each other (up to `max_batch`) share one router call in a
-worker thread, so the event loop never blocks on the encoder and a burst costs one forward pass. A lone
-request under light traffic does not wait for the window; requests that queue up during a router call
-are batched into the next one.
+worker thread, so the event loop does not block on the encoder while other requests need it and a burst
+costs one forward pass. A lone request under light traffic does not wait for the window; requests that
+queue up during a router call are batched into the next one.
+
+A request the caller says is alone (`alone=True`: nothing else in flight in the gateway) while the router is
+idle is scored on the event loop's own thread (`inline`): with nobody to block, the thread hops cost more
+than they save (submit to the router thread, its wake-up, the result handed back through the loop, each
+handover of the GIL: about 1-2 ms on a loaded 2-core machine, docs/BENCHMARKS.md).
 
 A bounded LRU of recent scores (keyed by a hash of the prompt, never the text) answers a repeated prompt
 without a router call or a thread hop; the router is deterministic in eval mode, so a cached score is the
@@ -70,15 +75,21 @@ class ScoreCache:
     ) -> None:  # fmt: skip
         if not self.size:
             return
-        self._items[self.key(prompt)] = (prs, per_metric, head, quality)
-        self._items.move_to_end(self.key(prompt))
+        key = self.key(prompt)
+        self._items[key] = (prs, per_metric, head, quality)
+        self._items.move_to_end(key)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
 
 
 class ScoringService:
-    def __init__(self, router: PromptScorer, *, max_batch: int = 32, window_ms: float = 2.0, cache_size: int = 0):
+    def __init__(
+        self, router: PromptScorer, *, max_batch: int = 32, window_ms: float = 2.0, cache_size: int = 0,
+        inline: bool = True,
+    ):  # fmt: skip
         self.router = router
+        self.inline = inline
+        self._running = False  # a batch is in the router thread
         self.max_batch = max_batch
         self.window_s = window_ms / 1000
         self.cache = ScoreCache(cache_size)
@@ -100,7 +111,8 @@ class ScoringService:
             self._worker = None
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def score(self, prompt: str) -> PromptScore:
+    async def score(self, prompt: str, *, alone: bool = False) -> PromptScore:
+        """The prompt's score: cached, inline (`alone` and the router idle, see the module doc) or micro-batched."""
         if self._queue is None:
             raise RuntimeError("ScoringService.start() was not awaited")
         hit = self.cache.get(prompt)
@@ -109,9 +121,34 @@ class ScoringService:
                 prs=hit[0], per_metric=dict(hit[1]), latency_s=0.0, batch_size=0, cached=True, head=hit[2],
                 quality=hit[3],
             )  # fmt: skip
+        if alone and self.inline and not self._running and self._queue.empty():
+            started = time.perf_counter()
+            scores = self.router.score([prompt])
+            return self._unpack([prompt], scores, time.perf_counter() - started)[0]
         future: asyncio.Future[PromptScore] = asyncio.get_running_loop().create_future()
         await self._queue.put((prompt, future))
         return await future
+
+    def _unpack(self, prompts: Sequence[str], scores, latency: float) -> list[PromptScore]:
+        """One PromptScore per prompt of a router call (each also cached)."""
+        prs = np.asarray(scores.prs, dtype=float).tolist()
+        per_metric = np.asarray(scores.per_metric, dtype=float).tolist()
+        names = list(scores.metrics)
+        head = getattr(scores, "head", "paper")
+        model_quality = getattr(scores, "quality", None)
+        out = []
+        for i, prompt in enumerate(prompts):
+            score = PromptScore(
+                prs=prs[i],
+                per_metric=dict(zip(names, per_metric[i], strict=True)),
+                latency_s=latency,
+                batch_size=len(prompts),
+                head=head,
+                quality={m: float(v[i]) for m, v in model_quality.items()} if model_quality else None,
+            )
+            self.cache.put(prompt, score.prs, score.per_metric, head, score.quality)
+            out.append(score)
+        return out
 
     async def _collect(self) -> list[tuple[str, asyncio.Future[PromptScore]]]:
         assert self._queue is not None
@@ -140,29 +177,18 @@ class ScoringService:
             if not live:
                 continue
             started = time.perf_counter()
+            self._running = True
             try:
                 prompts = [p for p, _ in live]
                 scores = await asyncio.get_running_loop().run_in_executor(self._executor, self.router.score, prompts)
+                results = self._unpack(prompts, scores, time.perf_counter() - started)
             except Exception as exc:  # the router failing must fail these requests, not the batcher
                 for _, future in live:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            latency = time.perf_counter() - started
-            prs = np.asarray(scores.prs, dtype=float)
-            per_metric = np.asarray(scores.per_metric, dtype=float)
-            names = list(scores.metrics)
-            head = getattr(scores, "head", "paper")
-            model_quality = getattr(scores, "quality", None)
-            for i, (prompt, future) in enumerate(live):
-                score = PromptScore(
-                    prs=float(prs[i]),
-                    per_metric={m: float(v) for m, v in zip(names, per_metric[i], strict=True)},
-                    latency_s=latency,
-                    batch_size=len(live),
-                    head=head,
-                    quality={m: float(v[i]) for m, v in model_quality.items()} if model_quality else None,
-                )
-                self.cache.put(prompt, score.prs, score.per_metric, head, score.quality)
+            finally:
+                self._running = False
+            for (_, future), score in zip(live, results, strict=True):
                 if not future.done():
                     future.set_result(score)

@@ -95,9 +95,10 @@ class Gateway:
         self.arms = {"edge": "edge", "cloud": "cloud", **(arms or {})}
         self.escalation = escalation
         self.costs = {"edge": 0.0, "cloud": 1.0, **(costs or {})}
+        self._in_flight = 0  # requests inside generate(): a lone one is scored inline (gateway/routing.py)
 
     async def score(self, prompt: str) -> PromptScore:
-        score = await self.scoring.score(prompt)
+        score = await self.scoring.score(prompt, alone=self._in_flight <= 1)
         self.metrics.observe_router(score.prs, score.latency_s)
         return score
 
@@ -109,6 +110,13 @@ class Gateway:
     async def generate(self, job: ServeRequest) -> Served:
         """Serve one request; cancelling the calling task (its client went away) cancels the generation too,
         and the request is counted with status 499."""
+        self._in_flight += 1
+        try:
+            return await self._generate(job)
+        finally:
+            self._in_flight -= 1
+
+    async def _generate(self, job: ServeRequest) -> Served:
         started = time.perf_counter()
         request = job.generation
         route: Decision | None = None

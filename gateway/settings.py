@@ -42,14 +42,17 @@ class Settings(BaseSettings):
     )
     router_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
         "torch",
-        description="onnx: the whole router on ONNX Runtime, same decisions, faster; onnx-int8: its weights as "
-        "blockwise int8, ≥ 99% same decisions, faster again (both need routet2i[onnx]).",
+        description="onnx: the whole router on ONNX Runtime, same decisions, faster; onnx-int8: its encoder in int8 "
+        "(dynamic, FFN down-projections blockwise), ≥ 99% same decisions, faster again (both need routet2i[onnx]).",
     )
     router_cache_size: int = Field(
         4096, ge=0, description="Recent prompt scores kept (by prompt hash) to skip the router; 0 = off."
     )
     scoring_max_batch: int = Field(32, ge=1, description="Most prompts scored in one router call.")
     scoring_window_ms: float = Field(2.0, ge=0, description="How long a scoring batch waits for company.")
+    scoring_inline: bool = Field(
+        True, description="Score a lone request (nothing else in flight) on the event loop's thread: no thread hops."
+    )
 
     # budget
     rho: float = Field(0.3, ge=0, le=1, description="Initial cloud budget ρ (the state file wins once written).")

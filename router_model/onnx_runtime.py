@@ -3,15 +3,18 @@
 The torch router spends about a third of a single-prompt call in Python dispatch (BERT's modules, then
 five ensemble members' einsums); ONNX Runtime runs the same graph in C++ in one call. The graph is
 exported once from the loaded `RouteT2IRouter` (torch.onnx, TorchScript exporter, dynamic batch and
-length) into a cache directory keyed by the weights, and optionally quantised. On 5,000 COCO captions the
-fp32 graph's PRŜ match torch's to 2e-7 (docs/BENCHMARKS.md). Two int8 variants:
-- "int8-dynamic": `quantize_dynamic` (per-channel int8 weights, one scale per activation tensor) changes
-  about 3% of decisions: only a benchmark arm;
-- "int8-blockwise" (`router_runtime: onnx-int8`): every MatMul weight as 8-bit blocks of 32 along K with
-  their own scale (ONNX Runtime's `MatMulNBits`, `accuracy_level` 4: int8 compute with activations also
-  quantised in blocks of 32), so an outlier costs precision only in its block; it keeps ≥ 99% of decisions
-  and is 1.5-2× faster than the fp32 graph on one prompt on CPUs with int8 dot products (AVX-512 VNNI /
-  AVX-VNNI); batches of 8 or more gain little (ONNX Runtime 1.32's MatMulNBits kernels), see docs/BENCHMARKS.md.
+length) into a cache directory keyed by the weights, and optionally quantised. The ensemble's members are
+exported as one head (`_MergedHead`: ONNX Runtime pays per node, and a single prompt pays mostly that). On
+5,000 COCO captions the fp32 graph's PRŜ match torch's to 2e-7 (docs/BENCHMARKS.md). Three int8 variants:
+- "int8-dynamic": `quantize_dynamic` of the whole graph (per-channel int8 weights, one scale per activation
+  tensor, the head's gate included) changes about 3% of decisions: only a benchmark arm;
+- "int8-blockwise": every MatMul weight of the encoder as 8-bit blocks of 32 along K with their own scale
+  (ONNX Runtime's `MatMulNBits`, `accuracy_level` 4: int8 compute with activations also quantised in blocks
+  of 32), so an outlier costs precision only in its block: 99.8% of decisions, but slower than dynamic int8;
+- "int8-mixed" (`router_runtime: onnx-int8`): dynamic int8 for the encoder's MatMuls with K ≤ N, blockwise
+  for its FFN down-projections (`quantize_mixed_int8`), the head float: ≥ 99% of decisions and about 2× faster
+  than the fp32 graph on one prompt on CPUs with int8 dot products (AVX-512 VNNI / AVX-VNNI), see
+  docs/BENCHMARKS.md.
 
 One export detail: the head picks `top = min(top_k, length)` tokens per expert, a Python int the tracer
 would freeze, so inputs are padded to at least `top_k` tokens (padding is masked: same scores) and the
@@ -24,7 +27,6 @@ import copy
 import hashlib
 import math
 import os
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,13 +34,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from router_model.prior import TOKENS
+
 if TYPE_CHECKING:
     from router_model.model import RouterScores, RouteT2IRouter
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")  # the gateway's router_runtime: the paths that keep ≥ 99% of decisions
-VARIANTS = ("fp32", "int8-dynamic", "int8-blockwise")  # graphs OnnxRouter can run
-RUNTIME_VARIANT = {"onnx": "fp32", "onnx-int8": "int8-blockwise"}
+VARIANTS = ("fp32", "int8-dynamic", "int8-blockwise", "int8-mixed")  # graphs OnnxRouter can run
+RUNTIME_VARIANT = {"onnx": "fp32", "onnx-int8": "int8-mixed"}
 WEIGHT_BLOCK = 32  # K-block of the blockwise int8 weights (16 agrees no better on COCO, 128 only just: 99.00%)
+# Narrower weights stay float: MatMulNBits costs more than the float MatMul on them (the gate's expert embeddings,
+# N = 1: five of them took about a third of the int8 graph's single-prompt time, docs/BENCHMARKS.md).
+MIN_COLUMNS = 16
+FLOAT_SCOPE = "/head/"  # nodes of the exported head stay float: its gate ranks tokens, small errors reorder them
+GRAPH_VERSION = 3  # of the exported graph's layout (3: the ensemble's members merged into one head, folded)
 
 
 def onnx_available() -> bool:
@@ -60,8 +69,8 @@ def cache_dir() -> Path:
 def _fingerprint(router: RouteT2IRouter, variant: str) -> str:
     """Changes with the head's and the encoder's weights, the config, torch's version and the variant."""
     digest = hashlib.blake2b(digest_size=12)
-    salt = {"fp32": False, "int8-dynamic": True}.get(variant, f"{variant}/{WEIGHT_BLOCK}")  # old names stay valid
-    digest.update(f"{torch.__version__}|{salt}|{router.config.to_dict()}".encode())
+    salt = {"fp32": False, "int8-dynamic": True}.get(variant, f"{variant}/{WEIGHT_BLOCK}/{MIN_COLUMNS}")
+    digest.update(f"{torch.__version__}|{GRAPH_VERSION}|{salt}|{router.config.to_dict()}".encode())
     for module in (router, router.encoder.model):
         for name, tensor in module.state_dict().items():
             digest.update(name.encode() + str(tuple(tensor.shape)).encode())
@@ -69,20 +78,80 @@ def _fingerprint(router: RouteT2IRouter, variant: str) -> str:
     return digest.hexdigest()
 
 
-def _traceable_gate(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`RouteT2IRouter.gate` with `top_k` fixed and a tensor `scatter` source (what the ONNX exporter takes);
-    the same result whenever there are at least `top_k` token positions (padded ones are masked out)."""
-    real = mask.bool().unsqueeze(-1).expand(*mask.shape, self.config.num_experts)
-    if not self.config.token_selection:
-        weights = real.to(states.dtype)
-        return weights / weights.sum(1, keepdim=True).clamp_min(1.0), real
-    logits = states @ self.expert_embeddings.t() / math.sqrt(states.shape[-1])
-    null = torch.zeros_like(logits[..., :1])
-    affinity = torch.softmax(torch.cat([logits, null], dim=-1), dim=-1)[..., :-1].masked_fill(~real, 0.0)
-    index = affinity.masked_fill(~real, -1.0).topk(self.config.top_k, dim=1).indices
-    selected = torch.zeros_like(real).scatter(1, index, torch.ones_like(index, dtype=torch.bool)) & real
-    weights = affinity * selected
-    return weights / weights.sum(1, keepdim=True).clamp_min(1e-12), selected
+class _MergedHead(torch.nn.Module):
+    """The router's head (all ensemble members at once) as one traceable module: (states, mask, features) →
+    (D̂ [B, k], PRŜ [B]), the arithmetic of `RouteT2IRouter.forward` in eval mode rearranged into few graph nodes
+    (ONNX Runtime's per-node cost is what a single prompt pays most for once the encoder is int8):
+    - the layer norm is computed once without its affine; each member's affine (g, b) is linear, so it is folded
+      into the weights that follow: every member's gate logits (T Eᵀ/√d) and dual-gate projections (T (P⁺ − P⁻))
+      are one MatMul of the normed states with a [d, m·k + m·k·l] weight plus a bias;
+    - the members' low-rank → hidden maps S_i are one MatMul with their block-diagonal;
+    - the prior's logits (shared by the members) are computed once.
+    The top-k of the gate is traced with `top_k` fixed, the same result whenever there are at least `top_k` token
+    positions (inputs are padded to that; padding is masked out)."""
+
+    def __init__(self, router: RouteT2IRouter):
+        super().__init__()
+        members = list(router.members) if router.members is not None else [router]
+        self.config, self.prior = members[0].config, members[0].prior
+        self.eps, self.members = members[0].norm.eps, len(members)
+        d = int(self.config.input_dim)
+
+        def stack(get) -> torch.Tensor:
+            return torch.stack([get(m).detach().double().cpu() for m in members])  # folded in float64, stored fp32
+
+        gain, shift = stack(lambda m: m.norm.weight), stack(lambda m: m.norm.bias)  # [m, d]
+        proj = stack(lambda m: m.proj_pos - m.proj_neg if self.config.dual_gate else m.proj_pos)  # [m, k, d, l]
+        weight = (gain[:, None, :, None] * proj).permute(2, 0, 1, 3).reshape(d, -1)  # [d, m·k·l]
+        bias = torch.einsum("md,mkdl->mkl", shift, proj).reshape(-1)
+        if self.config.token_selection:
+            experts = stack(lambda m: m.expert_embeddings) / math.sqrt(d)  # [m, k, d]
+            weight = torch.cat([(gain[:, None, :] * experts).permute(2, 0, 1).reshape(d, -1), weight], 1)
+            bias = torch.cat([torch.einsum("md,mkd->mk", shift, experts).reshape(-1), bias])
+        self.register_buffer("weight", weight.float())
+        self.register_buffer("bias", bias.float())
+        scoring = stack(lambda m: m.scoring)  # [m, k, l, h]
+        self.register_buffer("scoring", torch.block_diag(*scoring.reshape(-1, *scoring.shape[2:])).float())
+        self.register_buffer("scoring_bias", stack(lambda m: m.scoring_bias).reshape(-1).float())  # [m·k·h]
+        self.register_buffer("head_weight", stack(lambda m: m.head_weight).float())  # [m, k, h]
+        self.register_buffer("head_bias", stack(lambda m: m.head_bias).float())  # [m, k]
+        self.register_buffer("metric_weights", router.metric_weights.detach().float().cpu().clone())
+        if self.prior is not None:
+            names = ("prior_mean", "prior_scale", "prior_weight", "prior_bias")
+            for name, tensor in zip(names, self.prior._tensors, strict=True):
+                self.register_buffer(name, tensor.clone())
+
+    def forward(
+        self, states: torch.Tensor, mask: torch.Tensor, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        m, k, d = self.members, self.config.num_experts, int(self.config.input_dim)
+        mask = mask.bool()
+        x = torch.nn.functional.layer_norm(states.masked_fill(~mask.unsqueeze(-1), 0.0), (d,), eps=self.eps)
+        y = x @ self.weight + self.bias  # [B, n, (m·k gate logits,) m·k·l projections]
+        real = mask[:, :, None, None].expand(*mask.shape, m, k)
+        if self.config.token_selection:
+            logits = y[..., : m * k].reshape(y.shape[0], y.shape[1], m, k)  # (unflatten would trace batch 1)
+            null = torch.zeros_like(logits[..., :1])
+            affinity = torch.softmax(torch.cat([logits, null], dim=-1), dim=-1)[..., :-1].masked_fill(~real, 0.0)
+            index = affinity.masked_fill(~real, -1.0).topk(self.config.top_k, dim=1).indices
+            selected = torch.zeros_like(real).scatter(1, index, torch.ones_like(index, dtype=torch.bool)) & real
+            weights = affinity * selected
+            weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+            y = y[..., m * k :]
+        else:
+            weights = real.to(x.dtype)
+            weights = weights / weights.sum(1, keepdim=True).clamp_min(1.0)
+        tokens = torch.sigmoid(y @ self.scoring + self.scoring_bias).reshape(y.shape[0], y.shape[1], m, k, -1)
+        pooled = (weights.unsqueeze(-1) * tokens).sum(1)  # [B, m, k, h]
+        logits = (pooled * self.head_weight).sum(-1) + self.head_bias  # [B, m, k]
+        if self.prior is not None:
+            columns = [features.to(torch.float32)]
+            if TOKENS in self.prior.features:
+                columns.append(torch.log1p(mask.to(torch.float32).sum(1, keepdim=True)))
+            prior = ((torch.cat(columns, 1) - self.prior_mean) / self.prior_scale) @ self.prior_weight.t()
+            logits = (prior + self.prior_bias).unsqueeze(1) + self.config.residual_scale * logits
+        d_hat = torch.sigmoid(logits).mean(1)
+        return d_hat, d_hat @ self.metric_weights
 
 
 class _Graph(torch.nn.Module):
@@ -90,21 +159,20 @@ class _Graph(torch.nn.Module):
 
     def __init__(self, router: RouteT2IRouter):
         super().__init__()
-        self.router = copy.deepcopy(router).float().cpu().eval()  # copies: the live router keeps its dtype/device
-        self.encoder = copy.deepcopy(router.encoder.model).float().cpu().eval()
-        for head in self.router.members if self.router.members is not None else [self.router]:
-            head.gate = types.MethodType(_traceable_gate, head)
+        self.head = _MergedHead(router).eval()
+        self.encoder = copy.deepcopy(router.encoder.model).float().cpu().eval()  # a copy: the live one keeps its dtype
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.router(states, attention_mask.bool(), features)
+        return self.head(states, attention_mask.bool(), features)
 
 
-def export_onnx(router: RouteT2IRouter, path: Path) -> Path:
+def export_onnx(router: RouteT2IRouter, path: Path, graph: torch.nn.Module | None = None) -> Path:
     """Write the float32 router graph (input_ids, attention_mask[, features] → d_hat, prs) to `path`; a router
-    with a prior takes its text features (`prior.text_features`) as a third input."""
+    with a prior takes its text features (`prior.text_features`) as a third input. `graph`: another module with
+    that signature to export (default `_Graph(router)`; the benchmark's reference layouts)."""
     text = ["a photo of a cat sitting on a mat by the window"]
     sample = router.encoder.tokenizer(text, return_tensors="pt")
     ids, mask = _pad(sample["input_ids"].numpy(), sample["attention_mask"].numpy(), router.config.top_k)
@@ -122,7 +190,7 @@ def export_onnx(router: RouteT2IRouter, path: Path) -> Path:
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints: fixed by padding to top_k
         torch.onnx.export(
-            _Graph(router), inputs, str(tmp),
+            graph if graph is not None else _Graph(router), inputs, str(tmp),
             input_names=names, output_names=["d_hat", "prs"],
             dynamic_axes={k: axes[k] for k in [*names, "d_hat", "prs"]},
             opset_version=17, dynamo=False,
@@ -159,8 +227,8 @@ def block_int8(weight: np.ndarray, block_size: int = WEIGHT_BLOCK) -> tuple[np.n
 
 
 def quantize_blockwise_int8(source: Path, path: Path, block_size: int = WEIGHT_BLOCK) -> Path:
-    """Every MatMul with a 2-D constant weight (the encoder's projections and the head's) → `MatMulNBits`
-    (8 bits, blocks of `block_size`, accuracy_level 4); the rest of the graph is unchanged."""
+    """Every MatMul with a 2-D constant weight of at least MIN_COLUMNS columns outside the head (the encoder's) →
+    `MatMulNBits` (8 bits, blocks of `block_size`, accuracy_level 4); the rest of the graph is unchanged."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -177,7 +245,10 @@ def quantize_blockwise_int8(source: Path, path: Path, block_size: int = WEIGHT_B
     nodes, dropped, added = [], set(), []
     for node in graph.node:
         weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is None or len(weight.dims) != 2 or uses[weight.name] != 1 or weight.data_type != FLOAT:
+        if (
+            weight is None or len(weight.dims) != 2 or weight.dims[1] < MIN_COLUMNS or uses[weight.name] != 1
+            or weight.data_type != FLOAT or node.name.startswith(FLOAT_SCOPE)
+        ):  # fmt: skip
             nodes.append(node)
             continue
         array = numpy_helper.to_array(weight)
@@ -202,6 +273,36 @@ def quantize_blockwise_int8(source: Path, path: Path, block_size: int = WEIGHT_B
     return path
 
 
+def quantize_mixed_int8(source: Path, path: Path, block_size: int = WEIGHT_BLOCK) -> Path:
+    """Dynamic int8 (`quantize_dynamic`: per-channel weights, one scale per activation tensor, ONNX Runtime's fused
+    DynamicQuantizeMatMul) for the MatMuls whose constant weight is at least as wide as it is deep (K ≤ N: the
+    attention's projections and the FFN's up-projection), blockwise int8 (`quantize_blockwise_int8`) for the FFN's
+    down-projections (K > N), whose input, the GELU's output, has outliers one scale per tensor cannot hold, and
+    float for the rest (the head, narrow weights). On 5,000 COCO captions dynamic int8 everywhere keeps 98.8% of
+    decisions, this 99.5% (docs/BENCHMARKS.md)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source)).graph
+    weights = {t.name: t for t in graph.initializer}
+    dynamic = set()
+    for node in graph.node:
+        weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        wide = weight is not None and len(weight.dims) == 2 and MIN_COLUMNS <= weight.dims[1] >= weight.dims[0]
+        if wide and not node.name.startswith(FLOAT_SCOPE):
+            dynamic.add(node.name)
+    tmp = path.with_suffix(f".{os.getpid()}.dynamic.tmp")
+    excluded = [n.name for n in graph.node if n.name not in dynamic]
+    quantize_dynamic(
+        str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=excluded, extra_options={"MatMulConstBOnly": True},
+    )  # fmt: skip
+    try:
+        return quantize_blockwise_int8(tmp, path, block_size)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def onnx_model_path(router: RouteT2IRouter, variant: str = "fp32", directory: Path | None = None) -> Path:
     """The cached graph of `variant` (one of VARIANTS) for `router`, exported (and quantised) on first use."""
     if variant not in VARIANTS:
@@ -212,10 +313,11 @@ def onnx_model_path(router: RouteT2IRouter, variant: str = "fp32", directory: Pa
         export_onnx(router, fp32)
     if variant == "fp32":
         return fp32
-    suffix = {"int8-dynamic": "int8", "int8-blockwise": "int8-block"}[variant]
+    suffix = {"int8-dynamic": "int8", "int8-blockwise": "int8-block", "int8-mixed": "int8-mixed"}[variant]
     quantised = directory / f"router-{_fingerprint(router, variant)}-{suffix}.onnx"
     if not quantised.exists():
-        (quantize_int8 if variant == "int8-dynamic" else quantize_blockwise_int8)(fp32, quantised)
+        quantise = {"int8-dynamic": quantize_int8, "int8-blockwise": quantize_blockwise_int8}
+        quantise.get(variant, quantize_mixed_int8)(fp32, quantised)
     return quantised
 
 
@@ -234,13 +336,16 @@ class OnnxRouter:
     CUDA when onnxruntime-gpu and a GPU are present, else the CPU with `threads` intra-op threads (default
     $OMP_NUM_THREADS or 1: one prompt is too small to split, and the gateway's event loop needs a core)."""
 
-    def __init__(self, router: RouteT2IRouter, variant: str = "fp32", threads: int | None = None):
+    def __init__(
+        self, router: RouteT2IRouter, variant: str = "fp32", threads: int | None = None, model_path: Path | None = None
+    ):
+        """`model_path`: run this graph (same inputs and outputs) instead of the cached one of `variant`."""
         import onnxruntime as ort
 
         self.config, self.variant = router.config, variant
         self.prior = router.prior
         self.tokenizer, self.max_length = router.encoder.tokenizer, router.encoder.max_length
-        self.model_path = onnx_model_path(router, variant)
+        self.model_path = model_path or onnx_model_path(router, variant)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 1)

@@ -66,9 +66,10 @@ def test_router_latency_smoke(tmp_path):
         assert row in part
     assert "Target full router p50" in part and "python -m bench.router_latency" in part
     assert "## Router cost" in out
-    if onnx_available():  # the gateway's two ONNX runtimes, and the check against the fp32 graph
-        assert "| ONNX Runtime fp32 |" in part and "| ONNX Runtime int8 blockwise weights |" in part
-        assert "faster single-prompt p50 than ONNX Runtime fp32" in part
+    if onnx_available():  # the gateway's two ONNX runtimes, and the check against the fp32 graph (then and now)
+        assert "| ONNX Runtime fp32 |" in part and "| ONNX Runtime int8 mixed |" in part
+        assert "| ONNX Runtime fp32, members one by one |" in part
+        assert "faster single-prompt p50 than the fp32 graph as it was" in part and "against today's fp32" in part
 
 
 @pytest.mark.slow
