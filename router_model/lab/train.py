@@ -183,7 +183,11 @@ def with_prior(
             token_states = encoder.encode(prompts)
     if token_states is not None:
         counts = token_states.mask.sum(1).numpy()
-    config.prior = fit_prior(train, counts, stats, alpha=config.prior_alpha, multi_metric=config.multi_metric).to_dict()
+    prior = fit_prior(train, counts, stats, alpha=config.prior_alpha, multi_metric=config.multi_metric)
+    if prior is None:  # the cheap features predict nothing here: the paper's tower alone
+        config.use_prior = False
+    else:
+        config.prior = prior.to_dict()
     return config, token_states
 
 
