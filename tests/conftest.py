@@ -37,3 +37,21 @@ def replay_scores(request) -> dict[str, np.ndarray]:
     if cache is not None:
         cache.set(key, {name: values.tolist() for name, values in scores.items()})
     return {name: scores[name] for name in REPLAY_SIZES}
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port for the module's tests (tests/servers.py starts it)."""
+    from tests.servers import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh Redis key prefix per test, so tests sharing one server never see each other's keys."""
+    import uuid
+
+    return f"test-{uuid.uuid4().hex[:12]}"

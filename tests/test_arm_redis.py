@@ -5,8 +5,6 @@ pacer while Redis is away."""
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -19,26 +17,7 @@ from tests.servers import LiveServer, RedisServer
 from tests.standins import HashScorer, InstantBackend, standin_settings
 from tests.test_gateway import ADMIN
 from tests.test_pacing import COSTS, stream
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.test_redis_budget import Clock
 
 
 def shared(server: RedisServer, prefix: str, clock=None, **options) -> RedisArmPacer:

@@ -6,11 +6,10 @@ import asyncio
 import uuid
 
 import httpx
-import pytest
 
 from backends.base import BackendUnavailable
 from gateway.app import create_app
-from tests.servers import LiveServer, RedisServer
+from tests.servers import LiveServer
 from tests.standins import HashScorer, InstantBackend, standin_settings
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -35,13 +34,6 @@ def served(tmp_path, edge=None, **overrides) -> tuple[LiveServer, InstantBackend
 
 def decisions(url: str) -> int:
     return httpx.get(f"{url}/admin/budget", headers=ADMIN).json()["decisions"]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def test_same_key_and_body_get_the_first_response_generated_and_counted_once(tmp_path):

@@ -129,15 +129,6 @@ def _no_stray_db(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # a default jobs_db would land here, not in the repository
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    from tests.servers import RedisServer
-
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):
     from gateway.jobs.store import RedisJobStore, SqliteJobStore

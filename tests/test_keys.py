@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.keys import ApiKey, hash_key, open_warning
-from tests.servers import LiveServer, RedisServer
+from tests.servers import LiveServer
 from tests.standins import HashScorer, InstantBackend, real_prompts, standin_settings
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -40,13 +40,6 @@ def new_key(url: str, name: str, **limits) -> str:
     body = response.json()
     assert body["name"] == name and body["key"].startswith("rt2i_") and "key_sha256" not in body
     return body["key"]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def test_missing_wrong_and_revoked_keys_get_401(tmp_path):

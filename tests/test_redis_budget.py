@@ -7,7 +7,6 @@ import logging
 import multiprocessing
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -23,18 +22,6 @@ from gateway.budget import (
 )
 from gateway.metrics import GatewayMetrics
 from tests.servers import RedisServer
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}"
 
 
 class Clock:

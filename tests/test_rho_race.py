@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 from gateway.budget import BudgetController, BudgetSettings, InMemoryBudgetStore, RedisBudgetStore
-from tests.servers import RedisServer
 
 
 class ChangesRhoAfterRead:
@@ -27,13 +24,6 @@ class ChangesRhoAfterRead:
 
     def __getattr__(self, name):
         return getattr(self.store, name)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def test_memory_commit_reports_the_rho_it_enforced():
