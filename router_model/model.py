@@ -1,6 +1,7 @@
 """Dual-gated token-selection mixture-of-experts router (RouteT2I §5.1).
 
-Given token states T [B, n, d] of a frozen text encoder, one expert per quality metric i:
+Given token states T [B, n, d] of a frozen text encoder, one expert per quality metric i (the block up to
+the pooling is `router_model.moe.TokenMoE`, shared with the many-model router's "moe" tower):
 
     gate       A = softmax([T Eᵀ/√d, 0])         softmax over the experts plus a fixed null logit
     selection  expert i keeps its top-K tokens by A[:, i] (expert choice; padding never selected)
@@ -39,6 +40,7 @@ import torch
 from torch import nn
 
 from router_model.encoder import DEFAULT_ENCODER, TextEncoder, TokenStates, pick_device
+from router_model.moe import MoESpec, TokenMoE
 from router_model.prior import FeaturePrior
 from router_model.prs import PRSStats
 
@@ -99,6 +101,15 @@ class RouterConfig:
         """Names of the columns of `d_hat`: the metrics, or just `prs` when multi_metric is off."""
         return list(self.metrics) if self.multi_metric else ["prs"]
 
+    def moe_spec(self) -> MoESpec:
+        """The token MoE block's shape and switches."""
+        if self.input_dim is None:
+            raise ValueError("RouterConfig.input_dim is unset: give the encoder's hidden size")
+        return MoESpec(
+            experts=self.num_experts, dim=int(self.input_dim), top_k=self.top_k, low_rank=self.low_rank,
+            hidden=self.hidden, token_selection=self.token_selection, dual_gate=self.dual_gate, dropout=self.dropout,
+        )  # fmt: skip
+
     def stats(self) -> PRSStats | None:
         return PRSStats.from_dict(self.prs_stats) if self.prs_stats is not None else None
 
@@ -144,7 +155,9 @@ class RouterScores:
         return 1.0 - self.prs
 
 
-class RouteT2IRouter(nn.Module):
+class RouteT2IRouter(TokenMoE):
+    """The paper's router: the token MoE (`router_model.moe`) and one quality head per expert."""
+
     def __init__(self, config: RouterConfig, encoder: TextEncoder | None = None):
         super().__init__()
         if not config.metrics:
@@ -165,17 +178,8 @@ class RouteT2IRouter(nn.Module):
             single = dataclasses.replace(config, members=1)
             self.members = nn.ModuleList(RouteT2IRouter(single) for _ in range(config.members))
             return
-        d, rank, h = int(config.input_dim), config.low_rank, config.hidden
-        std_p = 1.0 / math.sqrt(d)
-        self.norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(config.dropout)
-        if config.token_selection:
-            self.expert_embeddings = nn.Parameter(torch.randn(k, d) * std_p)
-        self.proj_pos = nn.Parameter(torch.randn(k, d, rank) * std_p)
-        if config.dual_gate:
-            self.proj_neg = nn.Parameter(torch.randn(k, d, rank) * std_p)
-        self.scoring = nn.Parameter(torch.randn(k, rank, h) / math.sqrt(rank))
-        self.scoring_bias = nn.Parameter(torch.zeros(k, h))
+        self.build_moe(config.moe_spec())
+        h = config.hidden
         # with a prior the tower starts at zero: the untrained router is the prior (what the heuristics know)
         head_init = torch.zeros(k, h) if self.prior is not None else torch.randn(k, h) / math.sqrt(h)
         self.head_weight = nn.Parameter(head_init)
@@ -210,26 +214,10 @@ class RouteT2IRouter(nn.Module):
     # ------------------------------------------------------------------ the head
 
     def gate(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooling weights [B, n, k] (sum 1 over tokens per expert) and the selection [B, n, k] (bool).
-
-        `states` are already layer-normed (`self.norm`); an ensemble has one gate per member."""
+        """`TokenMoE.gate`; an ensemble has one gate per member."""
         if self.members is not None:
             raise TypeError("an ensemble router has one gate per member: call router.members[j].gate(...)")
-        mask = mask.bool()
-        real = mask.unsqueeze(-1).expand(*mask.shape, self.config.num_experts)
-        if not self.config.token_selection:
-            weights = real.to(states.dtype)
-            return weights / weights.sum(1, keepdim=True).clamp_min(1.0), real
-        logits = states @ self.expert_embeddings.t() / math.sqrt(states.shape[-1])
-        null = torch.zeros_like(logits[..., :1])
-        affinity = torch.softmax(torch.cat([logits, null], dim=-1), dim=-1)[..., :-1]
-        affinity = affinity.masked_fill(~real, 0.0)
-        top = min(self.config.top_k, states.shape[1])
-        ranked = affinity.masked_fill(~real, -1.0)
-        index = ranked.topk(top, dim=1).indices
-        selected = torch.zeros_like(real).scatter(1, index, True) & real
-        weights = affinity * selected
-        return weights / weights.sum(1, keepdim=True).clamp_min(1e-12), selected
+        return super().gate(states, mask)
 
     def logits(
         self,
@@ -258,14 +246,7 @@ class RouteT2IRouter(nn.Module):
             return torch.logit(d_hat.clamp(1e-7, 1 - 1e-7))
         if self.prior is not None and features is None:
             raise ValueError("this router has a feature prior: pass features=router.prior.text_features(prompts)")
-        mask = mask.bool()
-        states = self.norm(states.masked_fill(~mask.unsqueeze(-1), 0.0))
-        weights, _ = self.gate(states, mask)
-        score = torch.einsum("bnd,kdl->bnkl", self.dropout(states), self.proj_pos)
-        if self.config.dual_gate:  # independent dropout masks for the two gates
-            score = score - torch.einsum("bnd,kdl->bnkl", self.dropout(states), self.proj_neg)
-        tokens = torch.sigmoid(torch.einsum("bnkl,klh->bnkh", score, self.scoring) + self.scoring_bias)
-        pooled = self.dropout(torch.einsum("bnk,bnkh->bkh", weights, tokens))
+        pooled = self.pool(states, mask)
         tower = torch.einsum("bkh,kh->bk", pooled, self.head_weight) + self.head_bias
         if self.prior is None:
             return tower

@@ -11,6 +11,11 @@ For a model it does not know, a generic gap head g, trained on every training pa
 worse, gives <θ(p), g>. Optionally (`length_blend` > 0) the score adds the z-scored log token count:
 the prompt-length heuristic that wins on unseen prompts, with the learned part on the same scale.
 
+Towers (`MultiRouterConfig.tower`): "linear" or "mlp" on [standardised cheap features, mean-pooled
+encoder states]; "moe": the paper's dual-gated token-selection mixture of experts (`router_model.moe`)
+over the encoder's token states, its pooled expert vectors [k·h] concatenated with the standardised cheap
+features before the last linear map to θ(p) (switches `token_selection`, `dual_gate` as in the paper).
+
 A checkpoint is `config.json` + `model.safetensors` (the tower, a_m, δ, g, θ covariance); the encoder
 is referenced by name. Runtime code only: training lives in `router_model.lab.train_multi`.
 """
@@ -26,9 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from router_model.encoder import DEFAULT_ENCODER
+from router_model.encoder import DEFAULT_ENCODER, TokenStates
 from router_model.features import FEATURE_NAMES, prompt_features
 from router_model.model_ids import canonical_id
+from router_model.moe import MoESpec, TokenMoE
+
+TOWERS = ("linear", "mlp", "moe")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -49,7 +57,7 @@ class MultiRouterConfig:
     use_embedding: bool = True
     encoder: str = DEFAULT_ENCODER
     embed_dim: int = 384
-    tower: str = "linear"  # "linear" or "mlp"
+    tower: str = "linear"  # "linear", "mlp" or "moe" (token states through the paper's MoE)
     rank: int = 16
     hidden: int = 64
     length_blend: float = 0.0  # weight of z(log tokens) added to the z-scored learned score
@@ -59,10 +67,27 @@ class MultiRouterConfig:
     log_tokens_std: float = 1.0
     data: dict = field(default_factory=dict)  # what it was trained on (model card material)
     head: str = "irt"  # how the weights were fitted ("irt", or "ridge(...)": generic head only)
+    # the "moe" tower (router_model.moe): experts, tokens kept per expert, projection rank, pooled width per expert
+    moe_experts: int = 4
+    top_k: int = 8
+    low_rank: int = 8
+    moe_hidden: int = 16
+    token_selection: bool = True
+    dual_gate: bool = True
+    dropout: float = 0.1
 
     @property
     def input_dim(self) -> int:
-        return len(self.feature_names) + (self.embed_dim if self.use_embedding else 0)
+        """Width of the standardised input (the "moe" tower reads the encoder through its token states instead)."""
+        pooled = self.use_embedding and self.tower != "moe"
+        return len(self.feature_names) + (self.embed_dim if pooled else 0)
+
+    def moe_spec(self) -> MoESpec:
+        return MoESpec(
+            experts=self.moe_experts, dim=self.embed_dim, top_k=self.top_k, low_rank=self.low_rank,
+            hidden=self.moe_hidden, token_selection=self.token_selection, dual_gate=self.dual_gate,
+            dropout=self.dropout,
+        )  # fmt: skip
 
 
 @dataclass
@@ -80,14 +105,18 @@ class MultiRouter(nn.Module):
         super().__init__()
         self.config = config
         r, d_in = config.rank, config.input_dim
-        if config.tower == "mlp":
+        self.moe: TokenMoE | None = None
+        if config.tower == "moe":
+            self.moe = TokenMoE(config.moe_spec())
+            self.tower = nn.Sequential(nn.Linear(config.moe_experts * config.moe_hidden + d_in, r))
+        elif config.tower == "mlp":
             self.tower = nn.Sequential(
                 nn.Linear(d_in, config.hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(config.hidden, r)
             )
         elif config.tower == "linear":
             self.tower = nn.Sequential(nn.Linear(d_in, r))
         else:
-            raise ValueError(f"tower must be 'linear' or 'mlp', got {config.tower!r}")
+            raise ValueError(f"tower must be one of {', '.join(TOWERS)}, got {config.tower!r}")
         self.ability = nn.Parameter(torch.zeros(len(config.models), r))
         self.difficulty = nn.Parameter(torch.zeros(r))
         self.generic = nn.Parameter(torch.zeros(r))
@@ -106,14 +135,39 @@ class MultiRouter(nn.Module):
         if features.shape[1] == len(FEATURE_NAMES) and len(names) != len(FEATURE_NAMES):
             features = features[:, [FEATURE_NAMES.index(n) for n in names]]
         parts = [torch.as_tensor(features, dtype=torch.float32)]
-        if self.config.use_embedding:
+        if self.config.use_embedding and self.moe is None:
             if pooled is None:
                 raise ValueError("this router needs the encoder's mean-pooled embedding")
             parts.append(torch.as_tensor(pooled, dtype=torch.float32))
         return torch.cat(parts, dim=1)
 
-    def theta(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tower((x - self.x_mean) / self.x_std)
+    @property
+    def needs_states(self) -> bool:
+        """True for the "moe" tower: θ(p) reads the encoder's token states, not the mean-pooled embedding."""
+        return self.moe is not None
+
+    def theta(self, x: torch.Tensor, states: TokenStates | None = None, piece: int = 256) -> torch.Tensor:
+        """θ(p) [B, r] of tower inputs `x` (and, for the "moe" tower, the prompts' token states)."""
+        z = (x - self.x_mean) / self.x_std
+        if self.moe is None:
+            return self.tower(z)
+        if states is None or len(states) != len(x):
+            raise ValueError("the 'moe' tower needs the encoder's token states of the same prompts")
+        return self.tower(torch.cat([self.expert_vectors(states, piece), z], dim=1))
+
+    def expert_vectors(self, states: TokenStates, piece: int = 256) -> torch.Tensor:
+        """The MoE's pooled expert outputs, flattened [B, k·h]; computed in length-sorted pieces of `piece`
+        prompts, each padded only to its own longest prompt (a prompt's output ignores padding)."""
+        assert self.moe is not None
+        if len(states) <= piece:
+            return self.moe.pool(states.states, states.mask).flatten(1)
+        lengths = states.mask.sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for chunk in order.split(piece):
+            width = max(int(lengths[chunk].max()), 1)
+            parts.append(self.moe.pool(states.states[chunk, :width], states.mask[chunk, :width]).flatten(1))
+        return torch.cat(parts)[torch.argsort(order)]
 
     def knows(self, model_id: str) -> bool:
         return model_id in self._index
@@ -140,13 +194,14 @@ class MultiRouter(nn.Module):
         edge_id: str,
         cloud_id: str,
         models: Sequence[str] = (),
+        states: TokenStates | None = None,
     ) -> MultiScores:
         """Cloud advantage from precomputed inputs (research code passes cached ones); `models`: also their
-        per-model quality (`model_quality`)."""
+        per-model quality (`model_quality`); `states`: the prompts' token states (the "moe" tower)."""
         self.eval()
         edge_id, cloud_id = canonical_id(edge_id), canonical_id(cloud_id)
         v, head = self.direction(edge_id, cloud_id)
-        theta = self.theta(self.inputs(features, pooled))
+        theta = self.theta(self.inputs(features, pooled), states)
         quality = self.model_quality(theta, [canonical_id(m) for m in models])
         score = (theta @ v).double().numpy()
         if self.config.length_blend:
@@ -171,10 +226,11 @@ class MultiRouter(nn.Module):
         """Predicted cloud advantage of each prompt for the pair, and which head scored it (and `models`' quality)."""
         prompts = list(prompts)
         st = self.encoder().encode(prompts)
-        pooled = st.mean_pooled().numpy() if self.config.use_embedding else None
+        pooled = st.mean_pooled().numpy() if self.config.use_embedding and not self.needs_states else None
         tokens = st.mask.sum(1).numpy()
         feats = prompt_features(prompts, names=self.config.feature_names)
-        return self.advantage_from_inputs(feats, pooled, tokens, edge_id, cloud_id, models)
+        states = st if self.needs_states else None
+        return self.advantage_from_inputs(feats, pooled, tokens, edge_id, cloud_id, models, states)
 
     # ------------------------------------------------------------ checkpoint
 

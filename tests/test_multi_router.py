@@ -4,6 +4,7 @@ import gzip
 
 import numpy as np
 import pytest
+import torch
 
 from router_model.features import FEATURE_NAMES, prompt_features
 from router_model.lab.ratings import (
@@ -169,3 +170,110 @@ def test_feature_subset_keeps_order_and_skips_nouns():
     np.testing.assert_array_equal(x, full[:, [FEATURE_NAMES.index(n) for n in names]])
     with pytest.raises(ValueError):
         prompt_features(["a cat"], names=("bogus",))
+
+
+# ---------------------------------------------------------------- the "moe" tower (the paper's MoE over token states)
+
+
+@pytest.fixture(scope="module")
+def tiny_states_encoder(tmp_path_factory):
+    from router_model.encoder import TextEncoder
+    from tests.test_model import build_tiny_text_encoder
+
+    return TextEncoder(str(build_tiny_text_encoder(tmp_path_factory.mktemp("moe_bert"))), device="cpu")
+
+
+def _planted_words(encoder, n=240, seed=0):
+    """Two datasets; the cloud gains iff the prompt names a zebra (not a giraffe): a signal only in the tokens
+    (same word count, no feature marker), so only the token-state tower can find it."""
+    rng = np.random.default_rng(seed)
+    words = ["dusk", "meadow", "harbor", "forest", "castle", "valley"]
+    prompts, planted = [], []
+    for i in range(n):
+        zebra = i % 2 == 0
+        prompts.append(f"a {'zebra' if zebra else 'giraffe'} near the {words[i % 6]} number {i}")
+        planted.append(1.0 if zebra else 0.0)
+    states = encoder.encode(prompts)
+    feats = prompt_features(prompts)
+    inputs = PromptInputs(feats, states.mean_pooled().numpy(), states.mask.sum(1).numpy(),
+                          {" ".join(p.lower().split()): i for i, p in enumerate(prompts)})  # fmt: skip
+    sets = {}
+    for d, (lo, hi) in enumerate([(0, n // 2), (n // 2, n)]):
+        sets[f"set{d}"] = [
+            RatedPrompt(prompts[i], f"set{d}", {
+                "sd-2.1": {"q": (base := rng.normal()) + rng.normal(scale=0.1)},
+                "dall-e-3": {"q": base + 2.0 * planted[i] + rng.normal(scale=0.1)},
+            })
+            for i in range(lo, hi)
+        ]  # fmt: skip
+    return sets, inputs, states, prompts, np.array(planted)
+
+
+def _moe_config(**kw) -> MultiRouterConfig:
+    base = dict(tower="moe", feature_names=["log_words"], rank=4, moe_experts=2, top_k=3, low_rank=4, moe_hidden=8,
+                dropout=0.0)  # fmt: skip
+    return MultiRouterConfig(**(base | kw))
+
+
+def test_moe_tower_learns_a_token_signal_ranks_held_out_prompts_and_round_trips(tiny_states_encoder, tmp_path):
+    sets, inputs, states, prompts, planted = _planted_words(tiny_states_encoder)
+    held = set(prompts[::5])  # every fifth prompt never trained on
+    train = {n: [it for it in items if it.prompt not in held] for n, items in sets.items()}
+    model, summary = train_multi(train, inputs, _moe_config(), lr=1e-2, max_epochs=60, patience=15, states=states,
+                                 batch_size=32)  # fmt: skip
+    assert model.needs_states and summary["epochs"] > 1
+    rows = inputs.rows(sorted(held))
+    kw = dict(features=inputs.features[rows][:, :1], pooled=None, tokens=inputs.tokens[rows])
+    out = model.advantage_from_inputs(**kw, edge_id="sd-2.1", cloud_id="dall-e-3", states=states.subset(rows))
+    gen = model.advantage_from_inputs(**kw, edge_id="x:edge", cloud_id="y:cloud", states=states.subset(rows))
+    assert out.head == "pair" and gen.head == "generic"
+    truth = planted[rows]
+    for scores in (out.advantage, gen.advantage):  # held-out zebras ranked above held-out giraffes
+        assert scores[truth == 1].min() > scores[truth == 0].max()
+    with pytest.raises(ValueError, match="token states"):
+        model.advantage_from_inputs(**kw, edge_id="sd-2.1", cloud_id="dall-e-3")
+
+    model.save_pretrained(tmp_path / "moe")
+    back = MultiRouter.from_pretrained(tmp_path / "moe")
+    assert back.config.tower == "moe" and back.needs_states
+    again = back.advantage_from_inputs(**kw, edge_id="sd-2.1", cloud_id="dall-e-3", states=states.subset(rows))
+    np.testing.assert_allclose(again.advantage, out.advantage, rtol=1e-5, atol=1e-6)
+    # served like the linear tower: prompts in, the encoder's token states through the MoE
+    back.config.encoder = tiny_states_encoder.name
+    served = back.for_pair("sd-2.1", "dall-e-3").score(sorted(held))
+    np.testing.assert_allclose(served.advantage, out.advantage, rtol=1e-4, atol=1e-5)
+
+
+def test_moe_tower_ablation_switches_change_the_module(tiny_states_encoder):
+    _, _, states, _, _ = _planted_words(tiny_states_encoder, n=8)
+    names = {}
+    outs = {}
+    for label, kw in {"full": {}, "no_sel": {"token_selection": False}, "no_dual": {"dual_gate": False}}.items():
+        torch.manual_seed(0)
+        model = MultiRouter(_moe_config(embed_dim=states.states.shape[-1], **kw)).eval()
+        names[label] = {n for n, _ in model.named_parameters()}
+        with torch.no_grad():
+            outs[label] = model.expert_vectors(states)
+    assert {"moe.expert_embeddings", "moe.proj_pos", "moe.proj_neg"} <= names["full"]
+    assert names["full"] - names["no_sel"] == {"moe.expert_embeddings"}
+    assert names["full"] - names["no_dual"] == {"moe.proj_neg"}
+    assert not torch.allclose(outs["full"], outs["no_sel"]) and not torch.allclose(outs["full"], outs["no_dual"])
+    # without selection every real token is pooled with equal weight
+    torch.manual_seed(0)
+    no_sel = MultiRouter(_moe_config(embed_dim=states.states.shape[-1], token_selection=False)).eval()
+    with torch.no_grad():
+        weights, selected = no_sel.moe.gate(no_sel.moe.norm(states.states), states.mask)
+    assert bool((selected.any(-1) == states.mask).all())
+    torch.testing.assert_close(weights.sum(1), torch.ones_like(weights.sum(1)))
+
+
+def test_linear_checkpoints_have_no_moe_weights_and_the_paper_router_keeps_its_keys():
+    from router_model.model import RouterConfig, RouteT2IRouter
+
+    linear = MultiRouter(MultiRouterConfig(use_embedding=False))
+    assert not any(k.startswith("moe.") for k in linear.state_dict())
+    paper = RouteT2IRouter(RouterConfig(metrics=["a", "b"], input_dim=8, members=1, use_prior=False))
+    assert set(paper.state_dict()) == {
+        "norm.weight", "norm.bias", "expert_embeddings", "proj_pos", "proj_neg", "scoring", "scoring_bias",
+        "head_weight", "head_bias",
+    }  # fmt: skip

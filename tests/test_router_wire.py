@@ -152,6 +152,29 @@ def test_lodo_rerun_reads_the_cache(lodo_run, monkeypatch, tmp_path):
     assert first["held_out"]["genai"]["methods"] == second["held_out"]["genai"]["methods"]
 
 
+def test_lodo_compares_towers_in_one_run_and_fills_a_marked_block(data_dir, tmp_path):
+    page = tmp_path / "ROUTER_LODO.md"
+    page.write_text("# research table\nkept\n<!-- begin: routet2i evaluate lodo -->\nold\n"
+                    "<!-- end: routet2i evaluate lodo -->\ntail kept\n")  # fmt: skip
+    args = ["evaluate", "--lodo", "--multi-tower", "linear,moe", "--lodo-cap", "15", "--held-out", "genai,seetrue",
+            "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "t.json"),
+            "--markdown", str(page)]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert result["method_order"][:2] == ["routet2i-linear", "routet2i-moe"] and result["train_cap"] == 15
+    for name, held in result["held_out"].items():
+        assert held["n_prompts"] == {"genai": 24}.get(name, 20)  # tested whole, though training sets are cut
+        assert max(held["train_sets"].values()) <= 15 and name not in held["train_sets"]
+        assert {"routet2i-linear", "routet2i-moe", "prompt_length", "oracle"} <= set(held["methods"])
+        assert held["methods"]["routet2i-moe"]["head"] in {"pair", "generic"}
+    assert len(list((tmp_path / "cache").glob("states-*.npz"))) == 1  # token states encoded once, cached
+    text = page.read_text()
+    assert text.startswith("# research table\nkept\n") and text.endswith("tail kept\n") and "\nold\n" not in text
+    moe = result["mean"]["routet2i-moe"]
+    assert "| routet2i-moe | " in text and f"{moe['delta_p_0.5']:.1f} / {moe['auc']:.1f}" in text
+    assert main([*args[:3], "cnn", *args[4:]]) != 0  # an unknown tower is refused
+
+
 def test_train_multi_ships_a_checkpoint_with_a_generated_card(lodo_run, data_dir, tmp_path):
     root, _ = lodo_run
     out = tmp_path / "multi"

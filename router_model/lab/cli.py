@@ -346,9 +346,24 @@ def add_lab_commands(sub: argparse._SubParsersAction) -> None:
         "--lodo",
         action="store_true",
         help="leave-one-dataset-out over the shared rated sets: the shipped many-model design trained on "
-        "the other sets, tested on each set's natural pair",
+        "the other sets, tested on each set's natural pair (--markdown into a page holding the markers "
+        "<!-- begin: routet2i evaluate lodo --> … <!-- end: routet2i evaluate lodo --> replaces only that block)",
     )
     p.add_argument("--held-out", help="--lodo: only these held-out sets (comma-separated; default all with a pair)")
+    p.add_argument(
+        "--multi-tower",
+        metavar="TOWERS",
+        help="--lodo: compare the many-model router's text towers instead of the shipped design, each trained "
+        "the same way on the same data (comma-separated from ridge,linear,mlp,moe; moe: the paper's token MoE "
+        "over the encoder's token states, cached under --cache-dir); methods routet2i-<tower>",
+    )
+    p.add_argument(
+        "--lodo-cap",
+        type=int,
+        metavar="N",
+        help="--lodo: cut every training set to a fixed random subset of at most N prompts (held-out sets are "
+        "tested whole); keeps big sets (CEMS, AIGIQA-20K) from dominating the run time",
+    )
     p.add_argument(
         "--cache-dir",
         default="runs/cache",

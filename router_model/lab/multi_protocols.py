@@ -84,23 +84,37 @@ def _oracle(q_e: np.ndarray, q_c: np.ndarray) -> np.ndarray:
     return (gain / np.where(np.abs(mean) < 1e-12, 1e-12, mean)).mean(axis=1)
 
 
-def _scores(method: str, model: MultiRouter | None, inputs: PromptInputs, rows: np.ndarray, pair: Pair,
-            q_e: np.ndarray, q_c: np.ndarray, seed: int) -> tuple[np.ndarray, str]:  # fmt: skip
-    if method == "routet2i":
-        assert model is not None
-        out = model.advantage_from_inputs(
-            inputs.features[rows], inputs.pooled[rows], inputs.tokens[rows], pair.edge, pair.cloud
-        )
-        return out.advantage, out.head
+BASELINES = ("prompt_length", "noun_count", "random", "oracle")
+
+
+def _baseline_scores(method: str, inputs: PromptInputs, rows: np.ndarray, q_e: np.ndarray, q_c: np.ndarray,
+                     seed: int) -> np.ndarray:  # fmt: skip
     if method == "prompt_length":
-        return inputs.tokens[rows].astype(np.float64), "-"
+        return inputs.tokens[rows].astype(np.float64)
     if method == "noun_count":
-        return inputs.features[rows, FEATURE_NAMES.index("log_nouns")].astype(np.float64), "-"
+        return inputs.features[rows, FEATURE_NAMES.index("log_nouns")].astype(np.float64)
     if method == "random":
-        return np.random.default_rng(seed).random(len(rows)), "-"
+        return np.random.default_rng(seed).random(len(rows))
     if method == "oracle":
-        return _oracle(q_e, q_c), "-"
+        return _oracle(q_e, q_c)
     raise ValueError(f"unknown LODO method {method!r}; choose from {', '.join(LODO_METHODS)}")
+
+
+def shipped_fit(inputs: PromptInputs):
+    """The shipped design as a LODO method: training sets → scorer of (input rows, pair)."""
+
+    def fit(train: dict[str, list[RatedPrompt]]):
+        model = fit_shipped(train, inputs)
+
+        def score(rows: np.ndarray, pair: Pair) -> tuple[np.ndarray, str]:
+            out = model.advantage_from_inputs(
+                inputs.features[rows], inputs.pooled[rows], inputs.tokens[rows], pair.edge, pair.cloud
+            )
+            return out.advantage, out.head
+
+        return score
+
+    return fit
 
 
 def lodo_evaluate(
@@ -109,13 +123,21 @@ def lodo_evaluate(
     held_out: Sequence[str] | None = None,
     seed: int = 0,
     log: Callable[..., Any] = print,
+    fits: dict[str, Callable] | None = None,
+    train_pool: dict[str, list[RatedPrompt]] | None = None,
+    design: str = DESIGN,
 ) -> dict[str, Any]:
-    """For each held-out set with a natural pair: fit the shipped design on every other set without any prompt
-    of the held-out set, score the natural pair; `routet2i` and the training-free methods side by side."""
+    """For each held-out set with a natural pair: fit each learned method (`fits`, default the shipped design as
+    `routet2i`) on every other set without any prompt of the held-out set, score the natural pair; the
+    training-free methods side by side. Training draws from `train_pool` (e.g. capped sets; default `sets`);
+    the held-out set is always tested whole."""
     names = [n for n in NATURAL_PAIRS if n in sets] if held_out is None else list(held_out)
     missing = [n for n in names if n not in NATURAL_PAIRS or n not in sets]
     if missing:
         raise ValueError(f"no natural pair or no data for {missing}; held-out sets: {[n for n in NATURAL_PAIRS]}")
+    fits = fits or {"routet2i": shipped_fit(inputs)}
+    pool = sets if train_pool is None else train_pool
+    order = [*fits, *BASELINES]
     rhos = rho_grid()
     out: dict[str, Any] = {}
     for name in names:
@@ -123,15 +145,19 @@ def lodo_evaluate(
         pair = NATURAL_PAIRS[name]
         examples = to_pair_examples(sets[name], pair)
         test_keys = {it.key for it in sets[name]}
-        train = {n: [it for it in items if it.key not in test_keys] for n, items in sets.items() if n != name}
-        model = fit_shipped(train, inputs)
+        train = {n: [it for it in items if it.key not in test_keys] for n, items in pool.items() if n != name}
         rows = inputs.rows([ex.prompt for ex in examples])
         q_e = np.array([ex.q_edge for ex in examples])
         q_c = np.array([ex.q_cloud for ex in examples])
         tb = prompt_tiebreak(examples)
-        methods = {}
-        for m in LODO_METHODS:
-            s, head = _scores(m, model, inputs, rows, pair, q_e, q_c, seed)
+        methods, seconds = {}, {}
+        for m in order:
+            t0 = time.perf_counter()
+            if m in fits:
+                s, head = fits[m](train)(rows, pair)
+            else:
+                s, head = _baseline_scores(m, inputs, rows, q_e, q_c, seed), "-"
+            seconds[m] = time.perf_counter() - t0
             curve = delta_p_curve(s, q_e, q_c, rhos, tb)
             methods[m] = {"delta_p": {rho_key(r): float(v) for r, v in zip(rhos, curve, strict=True)},
                           "auc": curve_auc(curve, rhos), "head": head}  # fmt: skip
@@ -139,26 +165,37 @@ def lodo_evaluate(
             "n_prompts": len(examples), "edge_model": pair.edge, "cloud_model": pair.cloud,
             "dims": list(pair.dimensions), "train_sets": {n: len(v) for n, v in train.items()}, "methods": methods,
         }  # fmt: skip
-        r, length = methods["routet2i"], methods["prompt_length"]
-        log(f"{name}: n={len(examples)} routet2i ΔP(50%)={r['delta_p']['0.5']:.1f} AUC={r['auc']:.1f} "
-            f"(prompt_length {length['delta_p']['0.5']:.1f}) {time.perf_counter() - started:.1f}s")  # fmt: skip
+        if len(fits) > 1:
+            out[name]["seconds"] = seconds
+        length = methods["prompt_length"]
+        learned = " ".join(f"{m} ΔP(50%)={methods[m]['delta_p']['0.5']:.1f} AUC={methods[m]['auc']:.1f}" for m in fits)
+        log(f"{name}: n={len(examples)} {learned} (prompt_length {length['delta_p']['0.5']:.1f} / {length['auc']:.1f}) "
+            f"{time.perf_counter() - started:.1f}s")  # fmt: skip
     mean = {
         m: {"delta_p_0.5": float(np.mean([out[s]["methods"][m]["delta_p"]["0.5"] for s in out])),
             "auc": float(np.mean([out[s]["methods"][m]["auc"] for s in out]))}
-        for m in LODO_METHODS
+        for m in order
     }  # fmt: skip
-    return {"protocol": "lodo", "design": DESIGN, "seed": seed, "held_out": out, "mean": mean}
+    return {"protocol": "lodo", "design": design, "seed": seed, "method_order": order, "held_out": out, "mean": mean}
 
 
 def lodo_markdown(result: dict[str, Any]) -> str:
-    """One row per method: ΔP(50%) / AUC on each held-out set's natural pair, and the means."""
+    """One row per method: ΔP(50%) / AUC on each held-out set's natural pair, the means, and on how many held-out
+    sets it is at least prompt_length's ΔP(50%) and AUC."""
     held = result["held_out"]
+    order = result.get("method_order", LODO_METHODS)
     head = ["method", *(f"{s} ({held[s]['edge_model']} → {held[s]['cloud_model']}, n={held[s]['n_prompts']})"
-                        for s in held), "mean"]  # fmt: skip
+                        for s in held), "mean", "≥ prompt_length (ΔP / AUC)"]  # fmt: skip
+
+    def at_least_length(m: str, key: Callable[[dict], float]) -> int:
+        return sum(key(held[s]["methods"][m]) >= key(held[s]["methods"]["prompt_length"]) for s in held)
+
     rows = []
-    for m in LODO_METHODS:
+    for m in order:
         cells = [f"{held[s]['methods'][m]['delta_p']['0.5']:.1f} / {held[s]['methods'][m]['auc']:.1f}" for s in held]
-        rows.append([m, *cells, f"{result['mean'][m]['delta_p_0.5']:.1f} / {result['mean'][m]['auc']:.1f}"])
+        dp, auc = at_least_length(m, lambda r: r["delta_p"]["0.5"]), at_least_length(m, lambda r: r["auc"])
+        rows.append([m, *cells, f"{result['mean'][m]['delta_p_0.5']:.1f} / {result['mean'][m]['auc']:.1f}",
+                     f"{dp} / {auc} of {len(held)}"])  # fmt: skip
     return (
         "Leave-one-dataset-out, cells ΔP(50%) / AUC: trained on every other shared set without any prompt of the "
         "held-out set, tested on its natural pair.\n\n" + table(head, rows, align="l" + "r" * (len(head) - 1))

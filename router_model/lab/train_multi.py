@@ -9,6 +9,10 @@ weighs the same. Two terms:
 - pair gaps: for every two models rated on the same prompt of a dataset, oriented better − worse by
   their dataset means, mean_d (z_better − z_worse) ≈ c_{pair} + <θ(p), g> (the generic head).
 Early stopping on an inner validation split of prompts (by normalised text).
+
+Towers "linear" and "mlp" train full-batch on the cached input table; the "moe" tower reads token states
+(`lab/state_cache.py`, rows aligned with the input table) in length-sorted mini-batches (each padded only to
+its own longest prompt, the batch order shuffled every epoch), with the same two losses and weights.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from router_model.encoder import TokenStates
 from router_model.features import FEATURE_NAMES
 from router_model.lab.ratings import RatedPrompt, normalisation, prompt_key
 from router_model.multi_router import MultiRouter, MultiRouterConfig
@@ -154,8 +159,13 @@ def train_multi(
     patience: int = 40,
     val_fraction: float = 0.1,
     seed: int = 0,
+    states: TokenStates | None = None,
+    batch_size: int = 256,
 ) -> tuple[MultiRouter, dict]:
-    """Full-batch Adam on the dataset-balanced quality and pair losses; returns the router and a summary."""
+    """Adam on the dataset-balanced quality and pair losses; returns the router and a summary.
+
+    Full-batch for the "linear"/"mlp" towers; the "moe" tower needs `states` (row r = the prompt of
+    `inputs` row r) and trains in mini-batches of `batch_size` prompts (an epoch: every batch once)."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     targets = build_targets(sets, inputs, pairs_mode)
@@ -171,7 +181,13 @@ def train_multi(
     train_t, val_t = targets.subset_rows(used & ~val), targets.subset_rows(val)
 
     config = replace(config or MultiRouterConfig(), models=targets.models)
-    x_all = np.concatenate([inputs.features, inputs.pooled], 1) if config.use_embedding else inputs.features
+    if config.tower == "moe":
+        if states is None or len(states) != len(inputs.tokens):
+            raise ValueError("the 'moe' tower trains on token states: pass states= with one row per input row")
+        config.embed_dim = int(states.states.shape[-1])
+    pooled = config.use_embedding and config.tower != "moe"
+    feats = inputs.features[:, [FEATURE_NAMES.index(n) for n in config.feature_names]]
+    x_all = np.concatenate([feats, inputs.pooled], 1) if pooled else feats
     x_tr = x_all[used & ~val]
     config.x_mean = x_tr.mean(0).tolist()
     config.x_std = np.maximum(x_tr.std(0), 1e-6).tolist()
@@ -184,33 +200,43 @@ def train_multi(
     x = torch.as_tensor(x_all, dtype=torch.float32)
     opt = torch.optim.Adam([*model.parameters(), cell_b, pair_b], lr=lr)
 
-    def tens(t: Targets) -> dict[str, torch.Tensor]:
-        names = ("cell_row", "cell_model", "cell_bias", "cell_y", "cell_w", "pair_row", "pair_bias", "pair_y", "pair_w")
-        return {k: torch.as_tensor(getattr(t, k)) for k in names}
-
-    tr, va = tens(train_t), tens(val_t)
-
-    def loss_of(t: dict[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+    def loss_of(t: dict[str, torch.Tensor], theta: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted losses of targets `t`; `theta` row pos[r] belongs to input row r (all rows: pos None)."""
+        cr, pr = (t["cell_row"], t["pair_row"]) if pos is None else (pos[t["cell_row"]], pos[t["pair_row"]])
         a = model.ability[t["cell_model"]] + model.difficulty
-        pred = cell_b[t["cell_bias"]] + (theta[t["cell_row"]] * a).sum(1)
+        pred = cell_b[t["cell_bias"]] + (theta[cr] * a).sum(1)
         cell = (t["cell_w"] * (pred.double() - t["cell_y"]) ** 2).sum() / t["cell_w"].sum().clamp_min(1e-12)
-        pp = pair_b[t["pair_bias"]] + theta[t["pair_row"]] @ model.generic
+        pp = pair_b[t["pair_bias"]] + theta[pr] @ model.generic
         pair = (t["pair_w"] * (pp.double() - t["pair_y"]) ** 2).sum() / t["pair_w"].sum().clamp_min(1e-12)
         return cell + pair_weight * pair
 
+    def penalty() -> torch.Tensor:
+        reg = sum((w**2).sum() for n, w in model.tower.named_parameters() if n.endswith("weight"))
+        return reg + (model.ability**2).sum() + (model.generic**2).sum() + (model.difficulty**2).sum()
+
+    if config.tower == "moe":
+        step, evaluate = _minibatch_steps(model, x, states, train_t, val_t, used & ~val, val, batch_size, loss_of)
+    else:
+        tr, va = _tensors(train_t), _tensors(val_t)
+
+        def step(opt, l2: float, penalty) -> float:
+            model.train()
+            opt.zero_grad()
+            loss = loss_of(tr, model.theta(x)) + l2 * penalty()
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+        def evaluate() -> float | None:
+            return float(loss_of(va, model.theta(x))) if len(val_t.cell_y) or len(val_t.pair_y) else None
+
     best, best_state, bad, epochs = float("inf"), None, 0, 0
     for epochs in range(1, max_epochs + 1):  # noqa: B007 (reported after the loop)
-        model.train()
-        opt.zero_grad()
-        theta = model.theta(x)
-        reg = sum((w**2).sum() for n, w in model.tower.named_parameters() if n.endswith("weight"))
-        reg = reg + (model.ability**2).sum() + (model.generic**2).sum() + (model.difficulty**2).sum()
-        loss = loss_of(tr, theta) + l2 * reg
-        loss.backward()
-        opt.step()
+        train_loss = step(opt, l2, penalty)
         model.eval()
         with torch.no_grad():
-            v = float(loss_of(va, model.theta(x))) if len(val_t.cell_y) or len(val_t.pair_y) else float(loss)
+            v = evaluate()
+        v = train_loss if v is None else v
         if v < best - 1e-6:
             best, bad = v, 0
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
@@ -222,10 +248,81 @@ def train_multi(
         model.load_state_dict(best_state)
     model.eval()
     with torch.no_grad():
-        th = model.theta(x[torch.as_tensor(used & ~val)])
+        th = theta_of_rows(model, x, states, np.flatnonzero(used & ~val))
         model.theta_cov.copy_(torch.cov(th.T) if len(th) > 1 else torch.eye(th.shape[1]))
     summary = {"epochs": epochs, "val_loss": best, "seconds": time.perf_counter() - t0, "models": len(targets.models)}
     return model, summary
+
+
+def theta_of_rows(model: MultiRouter, x: torch.Tensor, states: TokenStates | None, rows: np.ndarray,
+                  batch_size: int = 1024) -> torch.Tensor:  # fmt: skip
+    """θ of input rows `rows` (in that order); the "moe" tower's token states sliced in length-sorted batches."""
+    if not model.needs_states:
+        return model.theta(x[torch.as_tensor(rows)])
+    assert states is not None
+    batches = _length_batches(np.asarray(rows), states.mask.sum(dim=1).numpy(), batch_size)
+    out = torch.zeros(len(rows), model.config.rank)
+    where = {int(r): i for i, r in enumerate(rows)}
+    for b in batches:
+        out[torch.as_tensor([where[int(r)] for r in b])] = model.theta(x[torch.as_tensor(b)], states.subset(b))
+    return out
+
+
+def _tensors(t: Targets, keep: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    if keep is not None:
+        t = t.subset_rows(keep)
+    names = ("cell_row", "cell_model", "cell_bias", "cell_y", "cell_w", "pair_row", "pair_bias", "pair_y", "pair_w")
+    return {k: torch.as_tensor(getattr(t, k)) for k in names}
+
+
+def _length_batches(rows: np.ndarray, tokens: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """`rows` sorted by token count and cut into batches of `batch_size` (similar lengths pad little)."""
+    ordered = rows[np.argsort(tokens[rows], kind="stable")]
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def _minibatch_steps(model, x, states, train_t, val_t, fit_mask, val_mask, batch_size, loss_of):
+    """(step(opt, l2, penalty) → mean training loss of one epoch, evaluate() → validation loss or None) for the
+    "moe" tower: each batch's token states, inputs and targets sliced once, up front."""
+    tokens = states.mask.sum(dim=1).numpy()
+    n = len(tokens)
+
+    def prepare(rows: np.ndarray, t: Targets):
+        keep = np.zeros(n, dtype=bool)
+        keep[rows] = True
+        pos = torch.full((n,), -1, dtype=torch.long)
+        pos[torch.as_tensor(rows)] = torch.arange(len(rows))
+        return states.subset(rows), x[torch.as_tensor(rows)], _tensors(t, keep), pos
+
+    train = [prepare(b, train_t) for b in _length_batches(np.flatnonzero(fit_mask), tokens, batch_size)]
+    train = [b for b in train if len(b[2]["cell_y"]) or len(b[2]["pair_y"])]
+    checks = [prepare(b, val_t) for b in _length_batches(np.flatnonzero(val_mask), tokens, batch_size)]
+    val_weight = float(val_t.cell_w.sum()) + float(val_t.pair_w.sum())
+
+    def step(opt, l2: float, penalty) -> float:
+        model.train()
+        total = 0.0
+        for j in torch.randperm(len(train)).tolist():
+            st, xb, t, pos = train[j]
+            opt.zero_grad()
+            loss = loss_of(t, model.theta(xb, st), pos) + l2 * penalty()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        return total / max(len(train), 1)
+
+    def evaluate() -> float | None:
+        if not checks or val_weight <= 0:
+            return None
+        # each batch's loss is normalised by its own weights: weigh it back by its share of the validation weight
+        total = 0.0
+        for st, xb, t, pos in checks:
+            share = (float(t["cell_w"].sum()) + float(t["pair_w"].sum())) / val_weight
+            if share > 0:
+                total += share * float(loss_of(t, model.theta(xb, st), pos))
+        return total
+
+    return step, evaluate
 
 
 def train_on_sets(
