@@ -10,6 +10,7 @@ from router_model.lab.baselines import (
     ABLATIONS,
     BASELINES,
     ROUTERS,
+    VARIANTS,
     HybridLLMRouter,
     RouteT2IMethod,
     balancing_threshold,
@@ -46,7 +47,7 @@ def data() -> tuple[list[RoutingExample], np.ndarray, TokenStates]:
 
 
 def test_registry_names_every_method():
-    assert set(BASELINES + ["routet2i"] + ABLATIONS) == set(ROUTERS)
+    assert set(BASELINES + ["routet2i"] + ABLATIONS + VARIANTS) == set(ROUTERS)
     for name, cls in ROUTERS.items():
         assert cls.name == name
     with pytest.raises(ValueError, match="unknown routing method 'bert'.*routellm_bert"):

@@ -22,6 +22,7 @@ import torch
 from router_model.features import FEATURE_NAMES
 from router_model.lab.delta_p import curve_auc, delta_p_curve, rho_grid
 from router_model.lab.evaluate import prompt_tiebreak
+from router_model.lab.multi_ridge import fit_ridge, pair_ridge
 from router_model.lab.ratings import (
     NATURAL_PAIRS,
     Pair,
@@ -31,7 +32,7 @@ from router_model.lab.ratings import (
     prompt_key,
     to_pair_examples,
 )
-from router_model.lab.train_multi import PromptInputs, build_targets, fit_ridge, pair_ridge, train_multi
+from router_model.lab.train_multi import PromptInputs, build_targets, train_multi
 from router_model.multi_router import MultiRouterConfig
 
 RHOS = rho_grid()

@@ -25,6 +25,7 @@ from router_model.features import FEATURE_NAMES
 from router_model.lab.delta_p import curve_auc, delta_p_curve, rho_grid, rho_key
 from router_model.lab.evaluate import prompt_tiebreak
 from router_model.lab.markdown import table
+from router_model.lab.multi_ridge import fit_ridge
 from router_model.lab.ratings import (
     NATURAL_PAIRS,
     Pair,
@@ -34,7 +35,7 @@ from router_model.lab.ratings import (
     prompt_key,
     to_pair_examples,
 )
-from router_model.lab.train_multi import PromptInputs, fit_ridge
+from router_model.lab.train_multi import PromptInputs
 from router_model.multi_router import MultiRouter
 
 SHIPPED = {"alpha": 0.1, "pairs_mode": "all", "length_blend": 0.0}
