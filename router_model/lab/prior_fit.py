@@ -7,10 +7,10 @@ scaled quality difference itself, so prior and tower add up in the space the hea
 error on its own training prompts (closed form through the SVD: no refits), against a constant (infinite
 alpha; a gain within one standard error counts as none). Where the cheap features predict held-out prompts no
 better than a constant (AGIQA-3K, SeeTRUE) there
-is no prior and the run trains the paper's tower alone: a constant prior under a zero-initialised tower cost
-AGIQA-3K's k-fold about 13 points of ΔP(50%) against the tower alone on the same folds. Where they do predict
-(GenAI-Bench, GenEval) it picks 0.3, the value the transfer selection of lab/prior_select.py
-(docs/ROUTER_PRIOR.md) had chosen for every set alike.
+is no prior and the run trains the paper's tower alone (`routet2i evaluate --methods routet2i routet2i_no_prior`
+on AGIQA-3K showed a near-constant prior under the zero-initialised tower well behind the tower alone on the
+same folds). Where they do predict (GenAI-Bench) the prior is kept; the chosen strength is the checkpoint's
+`config.prior.alpha`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 from router_model.features import prompt_features
 from router_model.lab.data import RoutingExample, quality_arrays
+from router_model.lab.residual_scale import paired_standard_error
 from router_model.prior import PRIOR_FEATURES, TOKENS, FeaturePrior
 from router_model.prs import PRSStats, normalized_distances, prs_from_distances
 
@@ -64,8 +65,7 @@ def choose_prior_alpha(errors: dict[float, np.ndarray]) -> float:
     if math.isinf(best) or math.inf not in errors:
         return best
     gain = errors[math.inf] - errors[best]
-    error = float(gain.std(ddof=1) / math.sqrt(len(gain))) if len(gain) > 1 else 0.0
-    return best if gain.mean() > error else math.inf
+    return best if gain.mean() > paired_standard_error(gain.tolist()) else math.inf
 
 
 def fit_prior(

@@ -31,7 +31,7 @@ def choose_residual_scale(summaries: Sequence[dict[str, Any]]) -> tuple[float, d
         return None
     means = {g: sum(t[str(g)] for t in heads) / len(heads) for g in grid}
     best = max(grid, key=lambda g: (means[g], -g))
-    errors = {g: _paired_error([t[str(best)] - t[str(g)] for t in heads]) for g in grid}
+    errors = {g: paired_standard_error([t[str(best)] - t[str(g)] for t in heads]) for g in grid}
     chosen = min(g for g in grid if means[best] - means[g] <= errors[g])
     record = {
         "rule": "smallest γ within one paired standard error of the best mean validation Spearman",
@@ -44,8 +44,8 @@ def choose_residual_scale(summaries: Sequence[dict[str, Any]]) -> tuple[float, d
     return chosen, record
 
 
-def _paired_error(differences: Sequence[float]) -> float:
-    """Standard error of the mean of paired differences (0 for one head: the maximum decides)."""
+def paired_standard_error(differences: Sequence[float]) -> float:
+    """Standard error of the mean of paired differences (0 for a single pair: the maximum decides)."""
     n = len(differences)
     if n < 2:
         return 0.0

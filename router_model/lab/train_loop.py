@@ -211,7 +211,7 @@ def fit_single(
     router.eval()
     best_record = history[best["check"] - 1]
     by_scale = None
-    if config.prior is not None and val_data is not None:
+    if config.prior is not None and config.residual_scale_auto and val_data is not None:  # for residual_scale.py
         by_scale = {
             str(gamma): finite(
                 validate(
