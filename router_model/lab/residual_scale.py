@@ -1,21 +1,74 @@
 """γ, the tower's weight over the cheap-feature prior, chosen per training run on its own validation folds.
 
-Every head scores its validation fold at each γ of the grid once it is trained (`train_loop.fit_single`); the run
-then keeps the smallest γ whose mean validation Spearman(PRŜ, PRS) over the members is within one standard error of
-the best γ's (the one-standard-error rule; the error of the paired per-head differences, since every γ is scored on
-the same folds and the folds differ more from each other than the γs do). A fixed γ (docs/ROUTER_PRIOR.md chose 0.25
-by transfer across the shared sets) under-used the tower on pairs where it learns a lot (AGIQA-3K k-fold fell from
-65 to 43); a γ picked by the validation maximum alone would over-trust a tower that only fits the training pair. The
-rule leans to the prior unless the tower's gain on held-out prompts of the run is clear. No test prompt is read.
+Every head records its validation logits at each check of its training (`train_loop.fit_single`); once it is
+trained, `cross_half_table` scores every γ of the grid on half of its fold at the check the *other* half picked,
+so the early stop's choice of epoch (which favours the tower on the fold that made it) does not flatter the tower.
+The run then keeps the smallest γ whose mean validation Spearman(PRŜ, PRS) over the members is within one standard
+error of the best γ's (the one-standard-error rule; the error of the paired per-head differences, since every γ is
+scored on the same folds and the folds differ more from each other than the γs do). A fixed γ (docs/ROUTER_PRIOR.md
+chose 0.25 by transfer across the shared sets) under-used the tower on pairs where it learns a lot (AGIQA-3K k-fold
+fell from 65 to 43); a γ picked by the validation maximum alone would over-trust a tower that only fits the training
+pair. The rule leans to the prior unless the tower's gain on held-out prompts of the run is clear. No test prompt is
+read.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from router_model.lab.losses import spearman
+
 RESIDUAL_SCALE_GRID: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5, 1.0)
+
+
+def validation_halves(prompts: Sequence[str]) -> np.ndarray:
+    """0/1 per validation example, by a stable hash of its prompt text (one prompt's examples stay together)."""
+    return np.array([zlib.crc32(" ".join(p.lower().split()).encode()) % 2 for p in prompts], dtype=np.int64)
+
+
+def cross_half_table(
+    prior_logits: np.ndarray,
+    full_logits_by_check: Sequence[np.ndarray],
+    metric_weights: np.ndarray,
+    prs: np.ndarray,
+    halves: np.ndarray,
+    grid: Sequence[float] = RESIDUAL_SCALE_GRID,
+) -> tuple[dict[str, float | None], list[int]]:
+    """Validation Spearman(PRŜ, PRS) at every γ, free of the early stop's selection.
+
+    Scored on the fold that also chose the head's best epoch, the tower's value is flattered: that epoch is the
+    one where the tower (at full weight) fitted that very fold best, and γ = 0 (the prior alone) has no epoch to
+    pick. Here each half of the fold picks its own best check (Spearman at γ = 1 over the checks'
+    `full_logits_by_check`, [n, k] each) and the *other* half scores every γ at that check (logits
+    prior + γ · tower, PRŜ = σ(logits) @ weights); the table is the mean of the two halves'. Returns the table
+    (None where undefined) and the check each half picked."""
+    prior = np.asarray(prior_logits, dtype=np.float64)
+    weights, prs, halves = np.asarray(metric_weights, dtype=np.float64), np.asarray(prs), np.asarray(halves)
+
+    def prs_hat(logits: np.ndarray) -> np.ndarray:
+        return (1.0 / (1.0 + np.exp(-logits))) @ weights
+
+    tables, picked = [], []
+    for half in (0, 1):
+        pick, score = halves == half, halves != half
+        if pick.sum() < 3 or score.sum() < 3:
+            continue
+        fits = [spearman(prs_hat(full[pick]), prs[pick]) for full in full_logits_by_check]
+        fits = [f if not math.isnan(f) else -math.inf for f in fits]
+        check = int(np.argmax(fits))
+        picked.append(check)
+        tower = np.asarray(full_logits_by_check[check], dtype=np.float64) - prior
+        tables.append({g: spearman(prs_hat(prior[score] + g * tower[score]), prs[score]) for g in grid})
+    table: dict[str, float | None] = {}
+    for g in grid:
+        values = [t[g] for t in tables if not math.isnan(t[g])]
+        table[str(g)] = sum(values) / len(values) if values else None
+    return table, picked
 
 
 def choose_residual_scale(summaries: Sequence[dict[str, Any]]) -> tuple[float, dict[str, Any]] | None:

@@ -24,7 +24,7 @@ from router_model.lab.batches import (
 )
 from router_model.lab.data import RoutingExample
 from router_model.lab.losses import router_loss, spearman
-from router_model.lab.residual_scale import RESIDUAL_SCALE_GRID
+from router_model.lab.residual_scale import cross_half_table, validation_halves
 from router_model.lab.schedule import schedule_for
 from router_model.model import RouterConfig, RouteT2IRouter
 from router_model.prior import FeaturePrior
@@ -40,10 +40,11 @@ def validate(
     rank_weight: float,
     piece: int | None = None,
     residual_scale: float = 1.0,
-) -> tuple[float, float]:
-    """(validation loss, Spearman of PRŜ vs PRS), the tower weighted by `residual_scale` over the prior."""
+) -> tuple[float, float, np.ndarray]:
+    """(validation loss, Spearman of PRŜ vs PRS, the logits [n, k]), the tower weighted by `residual_scale` over
+    the prior."""
     router.eval()
-    losses, preds = [], []
+    losses, preds, logit_parts = [], [], []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             index = list(range(start, min(start + batch_size, len(data))))
@@ -60,7 +61,8 @@ def validate(
             )
             losses.append(float(loss) * len(index))
             preds.append(prs_hat.cpu().numpy())
-    return sum(losses) / len(data), spearman(np.concatenate(preds), data.prs.cpu().numpy())
+            logit_parts.append(logits.cpu().numpy())
+    return sum(losses) / len(data), spearman(np.concatenate(preds), data.prs.cpu().numpy()), np.concatenate(logit_parts)
 
 
 def fit_single(
@@ -138,6 +140,8 @@ def fit_single(
     from tqdm.auto import tqdm
 
     history: list[dict[str, float]] = []
+    choose_gamma = config.prior is not None and config.residual_scale_auto and val_data is not None
+    val_logits_by_check: list[np.ndarray] = []  # for residual_scale.cross_half_table
     best: dict[str, Any] = {"check": 0, "epoch": 0, "key": (-math.inf, -math.inf), "state": None, "encoder": None}
     log(
         f"training router: {len(fit_idx)} train / {len(val_idx)} validation prompts, metrics {config.metrics}, "
@@ -174,9 +178,11 @@ def fit_single(
                 encoder.model.eval()
             record = {"epoch": epoch, "train_loss": total / seen}
             if val_data is not None:
-                record["val_loss"], record["val_spearman"] = validate(
+                record["val_loss"], record["val_spearman"], val_logits = validate(
                     router, val_data, encoder if finetune_encoder else None, run_device, 256, rank_weight, plan.piece
                 )
+                if choose_gamma:
+                    val_logits_by_check.append(val_logits)
                 rho = record["val_spearman"]
                 rho = rho if not math.isnan(rho) else -math.inf
                 key = (rho, -record["val_loss"]) if select_by == "spearman" else (-record["val_loss"], rho)
@@ -210,23 +216,19 @@ def fit_single(
         encoder.model.eval().requires_grad_(False)
     router.eval()
     best_record = history[best["check"] - 1]
-    by_scale = None
-    if config.prior is not None and config.residual_scale_auto and val_data is not None:  # for residual_scale.py
-        by_scale = {
-            str(gamma): finite(
-                validate(
-                    router,
-                    val_data,
-                    encoder if finetune_encoder else None,
-                    run_device,
-                    256,
-                    rank_weight,
-                    plan.piece,
-                    gamma,
-                )[1]
-            )
-            for gamma in RESIDUAL_SCALE_GRID
-        }
+    by_scale, picked = None, None
+    if choose_gamma:  # for residual_scale.py: every γ scored on the half of the fold that did not pick the check
+        prior_logits = validate(
+            router, val_data, encoder if finetune_encoder else None, run_device, 256, rank_weight, plan.piece, 0.0
+        )[2]
+        table, picked = cross_half_table(
+            prior_logits,
+            val_logits_by_check,
+            router.metric_weights.cpu().numpy(),
+            val_data.prs.cpu().numpy(),
+            validation_halves(val_data.prompts),
+        )
+        by_scale = {gamma: finite(value) for gamma, value in table.items()}
     router.training_summary = {
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
@@ -235,6 +237,7 @@ def fit_single(
         "n_train": len(fit_idx),
         "n_val": len(val_idx),
         "val_spearman_by_residual_scale": by_scale,
+        "residual_scale_checks_by_half": picked,
         "seconds": round(time.perf_counter() - started, 3),
         "hyperparameters": {
             "lr": lr,
