@@ -285,16 +285,15 @@ def _merge(runs: Sequence[Run]) -> Run:
 
 
 def router_single_cost(prompts: Sequence[str], n: int = 200, runtime: str = "torch") -> float:
-    """p50 seconds of one single-prompt router call (encoder + head, the gateway's runtime and its threads for a
-    lone prompt), in this process."""
+    """p50 seconds of one single-prompt router call (encoder + head, the gateway's runtime), in this process."""
     import torch
 
     from bench.router_latency import full_router, load_router, paired_latency
-    from router_model.onnx_runtime import default_lone_threads, scorer_for
+    from router_model.onnx_runtime import scorer_for
 
     torch.set_num_threads(1)
     router = load_router()
-    router = scorer_for(router, runtime, lone_threads=default_lone_threads())
+    router = scorer_for(router, runtime)
     return float(np.percentile(paired_latency({"router": full_router(router)}, prompts[:n])["router"], 50))
 
 

@@ -124,7 +124,7 @@ def app_from_env() -> FastAPI:
 def load_router(settings: Settings) -> PromptScorer:
     """The checkpoint at `router_path`: the paper's pair router (on `router_runtime`), or a many-model router
     (`kind: multi`) fixed to the settings' edge and cloud model ids."""
-    from router_model.onnx_runtime import default_lone_threads, scorer_for
+    from router_model.onnx_runtime import scorer_for
     from router_model.scorers import load_scorer
 
     scorer = load_scorer(
@@ -138,8 +138,7 @@ def load_router(settings: Settings) -> PromptScorer:
                              "a many-model checkpoint runs on torch")  # fmt: skip
         log.info("many-model router: %s → %s scored by the %s head", scorer.edge_id, scorer.cloud_id, scorer.head)
         return scorer
-    lone_threads = settings.router_lone_threads or default_lone_threads()
-    return scorer_for(scorer, settings.router_runtime, lone_threads=lone_threads)
+    return scorer_for(scorer, settings.router_runtime)
 
 
 def create_app(

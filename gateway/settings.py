@@ -45,12 +45,6 @@ class Settings(BaseSettings):
         description="onnx: the whole router on ONNX Runtime, same decisions, faster; onnx-int8: its encoder in int8 "
         "(dynamic, FFN down-projections blockwise), ≥ 99% same decisions, faster again (both need routet2i[onnx]).",
     )
-    router_lone_threads: int | None = Field(
-        None,
-        ge=1,
-        description="ONNX runtimes on CPU: intra-op threads for a prompt scored alone (batches of concurrent "
-        "traffic keep one); None = 2 where the machine has 2 cores or more; 1 = off.",
-    )
     router_cache_size: int = Field(
         4096, ge=0, description="Recent prompt scores kept (by prompt hash) to skip the router; 0 = off."
     )

@@ -334,19 +334,10 @@ class OnnxRouter:
     """A `RouteT2IRouter` stand-in for scoring prompts (`score`), running the exported graph.
 
     CUDA when onnxruntime-gpu and a GPU are present, else the CPU with `threads` intra-op threads (default
-    $OMP_NUM_THREADS or 1: the gateway's event loop needs a core while batches of concurrent traffic run).
-    `lone_threads` > 1 adds a second session of the same graph with that many threads for calls of one prompt
-    (the gateway scores a request inline only when nothing else is in flight, so the other cores are idle then):
-    on 2 cores it cut a lone prompt's p50 from 3.3 to 2.2 ms (docs/BENCHMARKS.md), at the price of its pool
-    spinning on the second core for a moment after each call (without spinning the wake-up ate the gain)."""
+    $OMP_NUM_THREADS or 1: one prompt is too small to split, and the gateway's event loop needs a core)."""
 
     def __init__(
-        self,
-        router: RouteT2IRouter,
-        variant: str = "fp32",
-        threads: int | None = None,
-        model_path: Path | None = None,
-        lone_threads: int = 1,
+        self, router: RouteT2IRouter, variant: str = "fp32", threads: int | None = None, model_path: Path | None = None
     ):
         """`model_path`: run this graph (same inputs and outputs) instead of the cached one of `variant`."""
         import onnxruntime as ort
@@ -355,20 +346,13 @@ class OnnxRouter:
         self.prior = router.prior
         self.tokenizer, self.max_length = router.encoder.tokenizer, router.encoder.max_length
         self.model_path = model_path or onnx_model_path(router, variant)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 1)
+        options.inter_op_num_threads = 1
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else []
         providers = [p for p in wanted if p in ort.get_available_providers()] or ["CPUExecutionProvider"]
-
-        def session(intra_op_threads: int):
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.intra_op_num_threads = intra_op_threads
-            options.inter_op_num_threads = 1
-            return ort.InferenceSession(str(self.model_path), options, providers=providers)
-
-        self.threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 1)
-        self.session = session(self.threads)
-        on_cpu = providers == ["CPUExecutionProvider"]
-        self.lone_session = session(lone_threads) if on_cpu and lone_threads > self.threads else None
+        self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
 
     def score(self, prompts: Sequence[str], batch_size: int = 64) -> RouterScores:
         from router_model.model import RouterScores
@@ -385,8 +369,7 @@ class OnnxRouter:
             feed = {"input_ids": ids, "attention_mask": mask}
             if self.prior is not None:
                 feed["features"] = self.prior.text_features(prompts[start : start + batch_size])
-            lone = self.lone_session is not None and len(prompts) == 1
-            d_hat, prs = (self.lone_session if lone else self.session).run(["d_hat", "prs"], feed)
+            d_hat, prs = self.session.run(["d_hat", "prs"], feed)
             d_parts.append(d_hat)
             p_parts.append(prs)
         if not p_parts:
@@ -394,18 +377,13 @@ class OnnxRouter:
         return RouterScores(np.concatenate(p_parts), np.concatenate(d_parts), self.config.head_names)
 
 
-def default_lone_threads() -> int:
-    """Threads for a prompt scored alone: 2 where the machine has them (more did not help one short prompt)."""
-    return min(2, os.cpu_count() or 1)
-
-
-def scorer_for(router: RouteT2IRouter, runtime: str, lone_threads: int = 1):
+def scorer_for(router: RouteT2IRouter, runtime: str):
     """What scores prompts for the named runtime: the router itself ("torch") or its ONNX graph ("onnx": float32,
-    "onnx-int8": blockwise int8 weights), with `lone_threads` for calls of one prompt (`OnnxRouter`)."""
+    "onnx-int8": blockwise int8 weights)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"router runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "torch":
         return router
     if not onnx_available():
         raise RuntimeError(f"router_runtime={runtime} needs onnxruntime and onnx: pip install 'routet2i[onnx]'")
-    return OnnxRouter(router, RUNTIME_VARIANT[runtime], lone_threads=lone_threads)
+    return OnnxRouter(router, RUNTIME_VARIANT[runtime])

@@ -205,12 +205,6 @@ def test_the_int8_graph_keeps_99_percent_of_decisions_on_real_prompts(tmp_path, 
     assert np.abs(single - batched).max() < 1e-2  # the batch's padding moves the per-tensor int8 scales a little
     assert 0 < np.abs(batched - reference).max() < 0.05
     assert agreement(reference, batched, rho=0.3) >= 0.99 and agreement(reference, single, rho=0.3) >= 0.99
-    # a lone prompt on its own two-thread session scores as on the one-thread session; batches keep one thread
-    lone = scorer_for(router, "onnx-int8", lone_threads=2)
-    assert lone.lone_session is not None and graph.lone_session is None
-    lone_single = np.concatenate([lone.score([p]).prs for p in prompts[:200]])
-    assert np.abs(lone_single - single[:200]).max() < 1e-5
-    assert np.array_equal(lone.score(prompts[:64]).prs, graph.score(prompts[:64]).prs)
 
 
 @pytest.mark.parametrize(
