@@ -310,3 +310,21 @@ def test_the_tower_weight_is_chosen_on_the_runs_validation_folds(encoder, tmp_pa
     fixed = RouterConfig(**{**SMALL, "residual_scale": 0.125, "residual_scale_auto": False})
     kept = train_router(train, config=fixed, encoder=encoder, epochs=3, **quiet())
     assert kept.config.residual_scale == 0.125 and "residual_scale_selection" not in kept.training_summary
+
+
+def test_the_prior_only_variant_gives_the_tower_no_weight(encoder):
+    """`routet2i_prior_only`: trained like the router, scored with γ = 0, so two prompts with the same cheap
+    features score alike whatever their words; the tower it trained would tell them apart."""
+    from router_model.lab.baselines import ROUTERS
+
+    variant = ROUTERS["routet2i_prior_only"](seed=0)
+    config = RouterConfig(**{**SMALL, "members": 2, **variant.config, "prior_alpha": 0.3})
+    router = train_router(synthetic(), config=config, encoder=encoder, epochs=5, **quiet())
+    assert router.config.residual_scale == 0.0 and "residual_scale_selection" not in router.training_summary
+    twins = ["a red cat on a sofa", "a blue dog in a car"]
+    assert router.prior.text_features(twins[:1]).tolist() == router.prior.text_features(twins[1:]).tolist()
+    prior_only = router.score(twins).prs
+    assert prior_only[0] == pytest.approx(prior_only[1], abs=1e-6)
+    router.set_residual_scale(1.0)
+    with_tower = router.score(twins).prs
+    assert abs(with_tower[0] - with_tower[1]) > 1e-4

@@ -360,7 +360,7 @@ class RouteT2IMethod(BaseRouter):
         return 1.0 - np.asarray(scores.prs, dtype=np.float64)
 
 
-def _routet2i_variant(name: str, **config: bool) -> type[RouteT2IMethod]:
+def _routet2i_variant(name: str, **config: Any) -> type[RouteT2IMethod]:
     def __init__(self: RouteT2IMethod, seed: int = 0, **kw: Any) -> None:
         RouteT2IMethod.__init__(self, seed=seed, config=config | kw.pop("config", {}), name=name, **kw)
 
@@ -381,10 +381,13 @@ ROUTERS: dict[str, type[BaseRouter]] = {
     "routet2i_no_dual_gate": _routet2i_variant("routet2i_no_dual_gate", dual_gate=False),
     # not one of the paper's ablations: the paper's tower alone, without this project's cheap-feature prior
     "routet2i_no_prior": _routet2i_variant("routet2i_no_prior", use_prior=False),
+    # nor is this: the cheap-feature prior alone (γ = 0: the trained tower gets no weight), what the tower adds
+    "routet2i_prior_only": _routet2i_variant("routet2i_prior_only", residual_scale=0.0, residual_scale_auto=False),
 }
 BASELINES = ["random", "noun_count", "prompt_length", "routellm_bert", "hybrid_llm", "zooter", "oracle"]
 ABLATIONS = ["routet2i_no_multi_metric", "routet2i_no_token_selection", "routet2i_no_dual_gate"]
-VARIANTS = ["routet2i_no_prior"]  # RouteT2I variants that are neither baselines nor the paper's ablations
+# RouteT2I variants that are neither baselines nor the paper's ablations
+VARIANTS = ["routet2i_no_prior", "routet2i_prior_only"]
 SEEDED = {"random", "routellm_bert", "hybrid_llm", "zooter", "routet2i", *ABLATIONS, *VARIANTS}
 
 

@@ -48,6 +48,9 @@ PAIRS = (
 # as issue 11 asks of the ablations (about 20 minutes since training scales: docs/BENCHMARKS.md).
 CEMS_SIZES = CemsSizes(test=2000, train=200, kfold=0, other_train=200)
 CEMS_FOLDS = 5
+# on the k-fold and transfer sections beside the router: the cheap-feature prior alone (its trained tower at γ = 0),
+# so the page shows what the tower adds in distribution (k-fold) and out of it (transfer)
+PAGE_VARIANTS = ["routet2i_prior_only"]
 
 
 def parse_sections(text: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -185,7 +188,7 @@ def write_results_page(
     if cems_only and sets is not None:
         kfold_examples.append(sets.cems_kfold)
     states = encode_all(kfold_examples, None if cems_only else sets, encoder) if needs_encoder else None
-    cmd_methods = methods if methods is not None else default_methods(ablations)
+    cmd_methods = methods if methods is not None else default_methods(ablations) + PAGE_VARIANTS
     extra = f" --results-sections {','.join(chosen)}"
     for name in chosen:
         run_info = {
@@ -208,7 +211,7 @@ def write_results_page(
             save = partial(_save_cross, out_dir, name, sets, run_info)
             kw = {"methods": methods, "seed": seed, "bootstrap": bootstrap, "log": log, "save": save}
             if name == "transfer":
-                save(run_transfer(sets, states, **kw))
+                save(run_transfer(sets, states, **kw | {"methods": cmd_methods}))
             else:
                 save(run_lodo(sets, states, held_out=lodo_held_out, **kw))
             info = {"complete": json.loads((out_dir / f"{name}.json").read_text())["complete"]}

@@ -137,6 +137,10 @@ def _kfold_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
         "prompts only (validation held out of the training split), ΔP computed per fold on its test prompts, "
         f"mean ± std over all folds. Methods: {', '.join(meta.get('methods', []))}.",
         "",
+        "`routet2i_prior_only` is the router trained the same way and scored with γ = 0: its cheap-feature prior "
+        "alone, the tower it trained given no weight (where the run drops the prior, as on AGIQA-3K, it is the "
+        "tower alone like `routet2i`). Not a baseline: the best-baseline comparisons leave it out.",
+        "",
     ]
     return "\n".join(intro + [kfold_pair_markdown(r, slug) for slug, r in results.items()])
 
