@@ -35,6 +35,7 @@ async def soak(url: str, pid: int, prompts: list[str]) -> tuple[np.ndarray, list
     """(latency per request in completion order, errors, [(requests done, gateway RSS)])."""
     latencies: list[float] = []
     errors: list[str] = []
+    stale: list[int] = []
     memory: list[tuple[int, int]] = []
     total = WARMUP + REQUESTS
     next_index = iter(range(total))
@@ -49,7 +50,11 @@ async def soak(url: str, pid: int, prompts: list[str]) -> tuple[np.ndarray, list
                 body = {"prompt": prompts[i % len(prompts)], "size": "64x64", "seed": i, "cache": False}
                 started = time.perf_counter()
                 try:
-                    response = await client.post("/generate", json=body)
+                    try:
+                        response = await client.post("/generate", json=body)
+                    except httpx.ReadError:  # a pooled keep-alive connection closed under us: retry once, counted
+                        stale.append(i)
+                        response = await client.post("/generate", json=body)
                     ok = response.status_code == 200 and len(response.json()["data"]) == 1
                     problem = "" if ok else f"HTTP {response.status_code}: {response.text[:200]}"
                 except (httpx.HTTPError, ValueError, KeyError) as exc:
@@ -62,6 +67,9 @@ async def soak(url: str, pid: int, prompts: list[str]) -> tuple[np.ndarray, list
                     memory.append((done, rss_bytes(pid)))
 
         await asyncio.gather(*(one_worker() for _ in range(CONCURRENCY)))
+    # one CI run (of many) saw a single ReadError in 5,300 requests with no error on the gateway's side; a client
+    # retries that once (as urllib3 does for a stale pooled connection). More than a handful is a fault.
+    assert len(stale) <= 3, f"{len(stale)} requests met a closed connection"
     return np.asarray(latencies[WARMUP:]), errors, memory
 
 

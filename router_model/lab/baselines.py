@@ -1,10 +1,9 @@
 """Routing baselines in RouteLLM's style: each router fits on training examples and returns one score.
 
-`cloud_advantage(examples, states)` is higher for prompts that should go to the cloud first; the
-evaluation sends the top-ρ share to the cloud. Learned baselines train small heads on the same frozen
-encoder's mean-pooled token states as RouteT2I, with fixed seeds, and choose their regularisation
-and stopping epoch on a validation part of the *training* split (never on test prompts).
-"""
+`cloud_advantage(examples, states)` is higher for prompts that should go to the cloud first; the evaluation sends
+the top-ρ share to the cloud. Learned baselines train small heads on the same frozen encoder's mean-pooled token
+states as RouteT2I, with fixed seeds, and choose their regularisation and stopping epoch on a validation part of
+the *training* split (never on test prompts)."""
 
 from __future__ import annotations
 
@@ -379,14 +378,12 @@ ROUTERS: dict[str, type[BaseRouter]] = {
     "routet2i_no_multi_metric": _routet2i_variant("routet2i_no_multi_metric", multi_metric=False),
     "routet2i_no_token_selection": _routet2i_variant("routet2i_no_token_selection", token_selection=False),
     "routet2i_no_dual_gate": _routet2i_variant("routet2i_no_dual_gate", dual_gate=False),
-    # not one of the paper's ablations: the paper's tower alone, without this project's cheap-feature prior
+    # neither baselines nor the paper's ablations: the paper's tower alone; the cheap-feature prior alone (γ = 0)
     "routet2i_no_prior": _routet2i_variant("routet2i_no_prior", use_prior=False),
-    # nor is this: the cheap-feature prior alone (γ = 0: the trained tower gets no weight), what the tower adds
     "routet2i_prior_only": _routet2i_variant("routet2i_prior_only", residual_scale=0.0, residual_scale_auto=False),
 }
 BASELINES = ["random", "noun_count", "prompt_length", "routellm_bert", "hybrid_llm", "zooter", "oracle"]
 ABLATIONS = ["routet2i_no_multi_metric", "routet2i_no_token_selection", "routet2i_no_dual_gate"]
-# RouteT2I variants that are neither baselines nor the paper's ablations
 VARIANTS = ["routet2i_no_prior", "routet2i_prior_only"]
 SEEDED = {"random", "routellm_bert", "hybrid_llm", "zooter", "routet2i", *ABLATIONS, *VARIANTS}
 
