@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from router_model.lab.data import RoutingExample, _prompt_key, append_examples, import_agiqa3k, import_genai_bench
+from router_model.lab.data import RoutingExample, append_examples, import_agiqa3k, import_genai_bench
 from router_model.lab.protocols import checkpoint_methods
+from router_model.lab.ratings import prompt_key
 from router_model.lab.training_sets import (
     MERGED_METRIC,
     drop_test_prompts,
@@ -89,10 +90,10 @@ def test_train_on_several_sets_drops_the_test_prompts(files, capsys):
             "--markdown", str(files / "transfer.md")]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
-    test_keys = {_prompt_key(ex.prompt) for ex in import_genai_bench(DATA / "genai_bench_ratings.json",
+    test_keys = {prompt_key(ex.prompt) for ex in import_genai_bench(DATA / "genai_bench_ratings.json",
                                                                      "SDXL_2_1", "DALLE_3")[50:80]}  # fmt: skip
     sdxl = import_genai_bench(DATA / "genai_bench_ratings.json", "SDXL_2_1", "SDXL_Base")[30:60]
-    overlap = sum(_prompt_key(ex.prompt) in test_keys for ex in sdxl)
+    overlap = sum(prompt_key(ex.prompt) in test_keys for ex in sdxl)
     assert overlap >= 5
     result = json.loads(out.read_text())
     assert result["mode"] == "train-test" and result["n_prompts"] == 30

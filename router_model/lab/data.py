@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from router_model.lab.ratings import prompt_key
 from router_model.prs import PRSStats, fit_prs_stats, pareto_relative_superiority
 
 
@@ -147,10 +148,6 @@ def check_consistent(examples: Sequence[RoutingExample], path: str | Path = "dat
 # ---------------------------------------------------------------- k-fold splits
 
 
-def _prompt_key(prompt: str) -> str:
-    return " ".join(prompt.lower().split())
-
-
 def kfold_splits(examples: Sequence[RoutingExample], k: int = 5, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """Deterministic k-fold (train_idx, test_idx) splits grouped by prompt text.
 
@@ -160,7 +157,7 @@ def kfold_splits(examples: Sequence[RoutingExample], k: int = 5, seed: int = 0) 
         raise ValueError("k-fold needs k >= 2")
     groups: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
-        groups.setdefault(_prompt_key(ex.prompt), []).append(i)
+        groups.setdefault(prompt_key(ex.prompt), []).append(i)
     if len(groups) < k:
         raise DatasetError(f"{len(groups)} distinct prompts cannot make {k} folds")
     keys = sorted(groups)

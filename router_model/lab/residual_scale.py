@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from router_model.lab.losses import spearman
+from router_model.lab.ratings import prompt_key
 
 RESIDUAL_SCALE_GRID: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5, 1.0)
 
 
 def validation_halves(prompts: Sequence[str]) -> np.ndarray:
     """0/1 per validation example, by a stable hash of its prompt text (one prompt's examples stay together)."""
-    return np.array([zlib.crc32(" ".join(p.lower().split()).encode()) % 2 for p in prompts], dtype=np.int64)
+    return np.array([zlib.crc32(prompt_key(p).encode()) % 2 for p in prompts], dtype=np.int64)
 
 
 def cross_half_table(

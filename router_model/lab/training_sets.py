@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from router_model.lab.data import DatasetError, RoutingExample, _prompt_key
+from router_model.lab.data import DatasetError, RoutingExample
+from router_model.lab.ratings import prompt_key
 
 MERGED_METRIC = "quality_z"
 GENERIC_PAIR = ("edge", "cloud")
@@ -55,8 +56,8 @@ def drop_test_prompts(
     train: Sequence[RoutingExample], test: Sequence[RoutingExample]
 ) -> tuple[list[RoutingExample], int]:
     """`train` without the examples whose normalised prompt text is also a test prompt, and how many went."""
-    test_keys = {_prompt_key(ex.prompt) for ex in test}
-    kept = [ex for ex in train if _prompt_key(ex.prompt) not in test_keys]
+    test_keys = {prompt_key(ex.prompt) for ex in test}
+    kept = [ex for ex in train if prompt_key(ex.prompt) not in test_keys]
     return kept, len(train) - len(kept)
 
 
