@@ -10,7 +10,11 @@ peer proxy on the same upstream's OpenAI Images API. Scenarios, side by side in 
 - router off: POST {gateway}/generate with route "cloud" (forced, no scoring);
 - router on: POST {gateway}/generate with route "auto" under ρ = 1, on COCO captions the gateway's own
   POST /route sends to the cloud at ρ = 1 (α is capped at ½, so prompts the router thinks the edge
-  wins would stay on the edge; they are left out so that every timed request takes the same path);
+  wins would stay on the edge; they are left out so that every timed request takes the same path). The
+  shipped checkpoint scores with its prior alone (γ = 0), so the gateway runs no encoder (router_model/prior_scorer.py);
+- router on, tower: the same through a second gateway whose checkpoint is the shipped one with its MoE tower
+  weighted (γ 0.25, as bench/router_latency.py judges the faster paths), on `--router-runtime`: what a router
+  that runs its encoder costs;
 - LiteLLM: POST {litellm}/v1/images/generations (b64_json), one worker, callbacks/DB/retries off.
 CPU per request is the server process tree's user+system time over the requests it served (from /proc).
 The router's own single-prompt cost is measured in this process (as in bench/router_latency.py) for
@@ -41,7 +45,7 @@ import numpy as np
 from backends.worker import GenerateBody
 from bench.markdown import add_output_arguments, publish
 from bench.overhead_peers import LITELLM_MODEL, PEER, Run, cpu_seconds, ensure_litellm, litellm_version, running_litellm
-from bench.overhead_report import report
+from bench.overhead_report import ROUTER_ON, TOWER, report
 from demo.processes import free_port, spawn, stop, wait_until_ready
 from demo.tiny import build_tiny_sd_pipeline
 
@@ -49,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ROUTET2I_DATA_DIR", ROOT.parent / "shared" / "data"))
 COCO = DATA_DIR / "coco2014_val_captions_5k.tsv"
 IMAGE_SIDE = 512
-SCENARIOS = ("direct", "router off", "router on")
+SCENARIOS = ("direct", "router off", ROUTER_ON, TOWER)
 
 
 # ---------------------------------------------------------------- the fixed-image worker
@@ -120,20 +124,29 @@ class Stack:
     gateway_url: str
     worker: subprocess.Popen
     gateway: subprocess.Popen
+    tower: subprocess.Popen | None = None  # the second gateway, its router's tower weighted (TOWER)
+    tower_url: str = ""
     litellm_url: str | None = None
     litellm_pid: int | None = None
     litellm_key: str = ""
 
     def pid(self, scenario: str) -> int:
         """The server process whose CPU a scenario's requests cost."""
-        return {"direct": self.worker.pid, PEER: self.litellm_pid}.get(scenario) or self.gateway.pid
+        tower = self.tower.pid if self.tower is not None else None
+        return {"direct": self.worker.pid, PEER: self.litellm_pid, TOWER: tower}.get(scenario) or self.gateway.pid
+
+    @property
+    def gateway_urls(self) -> list[str]:
+        return [self.gateway_url, *([self.tower_url] if self.tower is not None else [])]
 
 
 @contextlib.contextmanager
 def running_stack(
-    workdir: Path, *, rho: float = 1.0, gateway_log: Path | None = None, extra_env: dict[str, str] | None = None
-) -> Iterator[Stack]:
-    """The fixed-image worker and the real gateway (`gateway.cli serve`) as processes on loopback."""
+    workdir: Path, *, rho: float = 1.0, gateway_log: Path | None = None, extra_env: dict[str, str] | None = None,
+    tower_checkpoint: Path | None = None,
+) -> Iterator[Stack]:  # fmt: skip
+    """The fixed-image worker and the real gateway (`gateway.cli serve`) as processes on loopback; with
+    `tower_checkpoint`, a second gateway serving that router checkpoint (the TOWER scenario)."""
     edge = build_tiny_sd_pipeline(workdir / "edge-tiny-sd")
     worker_port, gateway_port = free_port(), free_port()
     worker_url, gateway_url = f"http://127.0.0.1:{worker_port}", f"http://127.0.0.1:{gateway_port}"
@@ -159,12 +172,25 @@ def running_stack(
         [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(gateway_port)],
         cwd=workdir, env=gateway_env, log=gateway_log or Path(os.devnull),
     )  # fmt: skip
+    tower, tower_url = None, ""
+    if tower_checkpoint is not None:
+        tower_port, tower_dir = free_port(), workdir / "tower"
+        tower_dir.mkdir(exist_ok=True)
+        tower_url = f"http://127.0.0.1:{tower_port}"
+        tower_env = {**gateway_env, "ROUTET2I_ROUTER_PATH": str(tower_checkpoint),
+                     "ROUTET2I_STATE_FILE": str(tower_dir / "state.json")}  # fmt: skip
+        tower = spawn(
+            [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(tower_port)],
+            cwd=tower_dir, env=tower_env, log=Path(os.devnull),
+        )  # fmt: skip
     try:
         wait_until_ready(worker_url, worker)
         wait_until_ready(gateway_url, gateway, log=gateway_log)
-        yield Stack(worker_url, gateway_url, worker, gateway)
+        if tower is not None:
+            wait_until_ready(tower_url, tower)
+        yield Stack(worker_url, gateway_url, worker, gateway, tower, tower_url)
     finally:
-        stop(gateway, worker)
+        stop(*([tower] if tower is not None else []), gateway, worker)
 
 
 # ---------------------------------------------------------------- load
@@ -177,7 +203,8 @@ def request_for(scenario: str, stack: Stack, prompt: str, seed: int, side: int =
         body = {"model": LITELLM_MODEL, "prompt": prompt, "size": f"{side}x{side}", "response_format": "b64_json"}
         return f"{stack.litellm_url}/v1/images/generations", body
     route = "cloud" if scenario == "router off" else "auto"
-    return f"{stack.gateway_url}/generate", {"prompt": prompt, "size": f"{side}x{side}", "seed": seed, "route": route}
+    url = stack.tower_url if scenario == TOWER else stack.gateway_url
+    return f"{url}/generate", {"prompt": prompt, "size": f"{side}x{side}", "seed": seed, "route": route}
 
 
 async def drive(
@@ -224,13 +251,19 @@ async def drive(
     return Run(np.asarray(latencies), errors, seconds, backends, cpu_seconds(stack.pid(scenario)) - cpu)
 
 
-async def cloud_prompts(client: httpx.AsyncClient, gateway_url: str, prompts: Sequence[str], want: int) -> list[str]:
-    """Prompts the gateway's POST /route sends to the cloud now (ρ = 1: PRŜ < ½)."""
+async def cloud_prompts(
+    client: httpx.AsyncClient, gateway_url: str | Sequence[str], prompts: Sequence[str], want: int
+) -> list[str]:
+    """Prompts the gateway's POST /route (every one of several gateways') sends to the cloud now (ρ = 1: PRŜ < ½)."""
     chosen: list[str] = []
+    urls = [gateway_url] if isinstance(gateway_url, str) else list(gateway_url)
     for prompt in prompts:
-        response = await client.post(f"{gateway_url}/route", json={"prompt": prompt})
-        response.raise_for_status()
-        if response.json()["backend"] == "cloud":
+        backends = []
+        for url in urls:
+            response = await client.post(f"{url}/route", json={"prompt": prompt})
+            response.raise_for_status()
+            backends.append(response.json()["backend"])
+        if all(b == "cloud" for b in backends):
             chosen.append(prompt)
             if len(chosen) == want:
                 break
@@ -246,9 +279,10 @@ async def measure(
     limits = httpx.Limits(max_connections=max(concurrencies) * 2, max_keepalive_connections=max(concurrencies) * 2)
     results: dict[tuple[int, int], dict[str, Run]] = {}
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-        chosen = await cloud_prompts(client, stack.gateway_url, prompts, want=max(requests // rounds, 20))
+        chosen = await cloud_prompts(client, stack.gateway_urls, prompts, want=max(requests // rounds, 20))
         warm = [chosen[i % len(chosen)] for i in range(32)]
-        scenarios = SCENARIOS + ((PEER,) if stack.litellm_url else ())
+        scenarios = tuple(s for s in SCENARIOS if s != TOWER or stack.tower is not None)
+        scenarios += (PEER,) if stack.litellm_url else ()
         for scenario, side in [(s, side) for side in sides for s in scenarios]:  # connections, caches, router
             run = await drive(client, scenario, stack, warm, 16, side=side)
             if run.errors or set(run.backends) - {"worker", "cloud"}:  # LiteLLM's responses count as "worker"
@@ -284,17 +318,28 @@ def _merge(runs: Sequence[Run]) -> Run:
     )
 
 
-def router_single_cost(prompts: Sequence[str], n: int = 200, runtime: str = "torch") -> float:
-    """p50 seconds of one single-prompt router call (encoder + head, the gateway's runtime), in this process."""
+def router_single_costs(prompts: Sequence[str], n: int = 200, runtime: str = "torch") -> dict[str, float]:
+    """p50 seconds of one single-prompt call, in this process, of the scorer each gateway runs: the shipped
+    checkpoint ("router on": its prior alone at γ = 0) and the one with its tower weighted (TOWER, on `runtime`)."""
     import torch
 
     from bench.router_latency import full_router, load_router, paired_latency
     from router_model.onnx_runtime import scorer_for
 
     torch.set_num_threads(1)
-    router = load_router()
-    router = scorer_for(router, runtime)
-    return float(np.percentile(paired_latency({"router": full_router(router)}, prompts[:n])["router"], 50))
+    scorers = {
+        "router on": full_router(scorer_for(load_router(tower_weight=None), runtime)),
+        TOWER: full_router(scorer_for(load_router(), runtime)),
+    }
+    return {name: float(np.percentile(t, 50)) for name, t in paired_latency(scorers, prompts[:n]).items()}
+
+
+def tower_checkpoint(directory: Path) -> Path:
+    """The shipped checkpoint saved with its tower at the weight bench/router_latency.py judges (γ 0.25)."""
+    from bench.router_latency import load_router
+
+    load_router().save_pretrained(directory)
+    return directory
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -325,14 +370,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     exe = None if args.no_litellm else ensure_litellm(install=not args.no_install)
     prompts = read_prompts(args.prompts)[:2000]
-    router_p50 = router_single_cost(prompts, args.router_prompts, args.router_runtime)
+    router_p50 = router_single_costs(prompts, args.router_prompts, args.router_runtime)
     # No score cache and no exact image cache: router on and router off send the same seeded prompts in each round,
     # so with the image cache on, whichever ran second was served from it without calling the worker.
     env = {"ROUTET2I_ROUTER_RUNTIME": args.router_runtime, "ROUTET2I_ROUTER_CACHE_SIZE": "0",
            "ROUTET2I_CACHE_ENABLED": "false"}  # fmt: skip
     with contextlib.ExitStack() as stack_of:
         tmp = Path(stack_of.enter_context(tempfile.TemporaryDirectory(prefix="routet2i-overhead-")))
-        stack = stack_of.enter_context(running_stack(tmp, gateway_log=args.gateway_log, extra_env=env))
+        tower = tower_checkpoint(tmp / "tower-checkpoint")
+        stack = stack_of.enter_context(
+            running_stack(tmp, gateway_log=args.gateway_log, extra_env=env, tower_checkpoint=tower)
+        )
         if exe is not None:
             stack.litellm_url, stack.litellm_pid, stack.litellm_key = stack_of.enter_context(
                 running_litellm(exe, stack.worker_url, tmp, log=args.litellm_log)

@@ -12,6 +12,11 @@ from bench.markdown import run_note
 from bench.overhead_peers import PEER, Run, litellm_config
 from router_model.lab.markdown import table
 
+ROUTER_ON = "router on"  # the shipped checkpoint: its prior alone (γ = 0), no encoder run
+TOWER = "router on, tower"  # the same checkpoint with its MoE tower weighted: encoder + head on the runtime
+ROUTER_TEXT = {ROUTER_ON: "shipped checkpoint (prior alone, γ = 0: tokenizer and regex features, no encoder)",
+               TOWER: "tower weighted (γ 0.25: encoder + head)"}  # fmt: skip
+
 HEADERS = ("image", "concurrency", "scenario", "ok", "errors", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
            "req/s", "CPU ms/req", "served by")  # fmt: skip
 
@@ -21,8 +26,10 @@ def ms(seconds: float) -> str:
 
 
 def report(
-    results: dict[tuple[int, int], dict[str, Run]], router_p50: float, args: argparse.Namespace, n: int, peer: str
-) -> str:
+    results: dict[tuple[int, int], dict[str, Run]], router_p50: dict[str, float], args: argparse.Namespace, n: int,
+    peer: str,
+) -> str:  # fmt: skip
+    """`router_p50`: the single-prompt p50 seconds of each router scenario's scorer, measured alone."""
     rows, notes = [], []
     json_lib = "orjson" if importlib.util.find_spec("orjson") else "stdlib json"
     peer_text = (
@@ -60,14 +67,19 @@ def report(
         "",
         table(HEADERS, rows, align="lrlrrrrrrrrl"),
         "",
-        f"Router alone (encoder + head, `{args.router_runtime}`, one prompt, in the load process): p50 "
-        f"{ms(router_p50)} ms. At concurrency 1, router on costs the gateway "
-        + ", ".join(
-            f"{ms(cpu_per(runs['router on']) - cpu_per(runs['router off']))} ms ({side}×{side})"
-            for (side, c), runs in results.items()
-            if c == 1
+        "Router alone (one prompt, in the load process, the gateway's scorer): "
+        + "; ".join(f"{ROUTER_TEXT[name]}, `{name}`: p50 {ms(p50)} ms" for name, p50 in router_p50.items())
+        + ". At concurrency 1, more CPU per request than router off (compare the router alone): "
+        + "; ".join(
+            f"`{name}` "
+            + ", ".join(
+                f"{ms(cpu_per(runs[name]) - cpu_per(runs['router off']))} ms ({side}×{side})"
+                for (side, c), runs in results.items()
+                if c == 1 and name in runs
+            )
+            for name in router_p50
         )
-        + " more CPU per request than router off (compare the router alone above).",
+        + ".",
         "",
         *notes,
     ]
@@ -88,28 +100,33 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "missed"
 
 
-def cell_note(side: int, c: int, runs: dict[str, Run], added: dict[str, float], router_p50: float) -> str:
+def cell_note(side: int, c: int, runs: dict[str, Run], added: dict[str, float], router_p50: dict[str, float]) -> str:
     """One bullet: the added latencies and throughputs of this cell, checked against the targets of issue 13
-    that apply to it (ratios to LiteLLM in this run when it ran)."""
-    on, off = added["router on"], added["router off"]
+    that apply to it (ratios to LiteLLM in this run when it ran), for each router scenario that ran."""
+    off = added["router off"]
     rate = {s: r.rate for s, r in runs.items()}
-    parts = [f"added p50 router off **{ms(off)} ms**, router on **{ms(on)} ms**"]
-    if c == 1:
-        extra = on - off
-        parts.append(f"the router adds {ms(extra)} ms over router off against its own p50 {ms(router_p50)} ms "
-                     f"(target ≤ its p50 + 1 ms: {verdict(extra <= router_p50 + 1e-3)})")  # fmt: skip
+    routers = [name for name in (ROUTER_ON, TOWER) if name in runs]
+    parts = [f"added p50 router off **{ms(off)} ms**, "
+             + ", ".join(f"{name} **{ms(added[name])} ms**" for name in routers)]  # fmt: skip
+    for name in routers:
+        on = added[name]
+        if c == 1 and name in router_p50:
+            extra = on - off
+            parts.append(f"`{name}` adds {ms(extra)} ms over router off against its own p50 {ms(router_p50[name])} ms "
+                         f"(target ≤ its p50 + 1 ms: {verdict(extra <= router_p50[name] + 1e-3)})")  # fmt: skip
+        if PEER in runs:
+            peer = added[PEER]
+            parts.append(f"{name}/LiteLLM added p50 **{on / peer:.2f}×**"
+                         + (f" (target ≤ 0.5: {verdict(on <= 0.5 * peer)})" if c == 1 else "")
+                         + f", req/s **{rate[name] / rate[PEER]:.2f}×** LiteLLM's"
+                         + (f" (target ≥ 1.5: {verdict(rate[name] >= 1.5 * rate[PEER])})"
+                            if c == 16 else ""))  # fmt: skip
+        parts.append(
+            f"req/s {name} **{rate[name] / rate['router off']:.2f}×** router off's"
+            + (f" (target ≥ 0.6: {verdict(rate[name] >= 0.6 * rate['router off'])})" if c == 16 else "")
+        )
     if PEER in runs:
         peer = added[PEER]
-        parts.append(f"LiteLLM adds **{ms(peer)} ms**: router on/LiteLLM **{on / peer:.2f}×**"
-                     + (f" (target ≤ 0.5: {verdict(on <= 0.5 * peer)})" if c == 1 else "")
-                     + f", router off/LiteLLM **{off / peer:.2f}×**"
+        parts.append(f"LiteLLM adds **{ms(peer)} ms**; router off/LiteLLM **{off / peer:.2f}×**"
                      + (f" (target ≤ 0.3: {verdict(off <= 0.3 * peer)})" if side >= 512 else ""))  # fmt: skip
-        parts.append(
-            f"req/s router on **{rate['router on'] / rate[PEER]:.2f}×** LiteLLM's"
-            + (f" (target ≥ 1.5: {verdict(rate['router on'] >= 1.5 * rate[PEER])})" if c == 16 else "")
-        )
-    parts.append(
-        f"req/s router on **{rate['router on'] / rate['router off']:.2f}×** router off's"
-        + (f" (target ≥ 0.6: {verdict(rate['router on'] >= 0.6 * rate['router off'])})" if c == 16 else "")
-    )
     return f"- {side}×{side}, concurrency {c}: " + "; ".join(parts) + "."

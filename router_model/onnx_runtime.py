@@ -379,9 +379,14 @@ class OnnxRouter:
 
 def scorer_for(router: RouteT2IRouter, runtime: str):
     """What scores prompts for the named runtime: the router itself ("torch") or its ONNX graph ("onnx": float32,
-    "onnx-int8": blockwise int8 weights)."""
+    "onnx-int8": blockwise int8 weights). A router scored by its prior alone (γ = 0) skips the encoder and the
+    tower on every runtime (`prior_scorer`: the same scores)."""
+    from router_model.prior_scorer import PriorScorer, scores_with_prior_only
+
     if runtime not in RUNTIMES:
         raise ValueError(f"router runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if scores_with_prior_only(router):
+        return PriorScorer(router)
     if runtime == "torch":
         return router
     if not onnx_available():

@@ -63,9 +63,13 @@ class FeaturePrior:
 
     def logits(self, text_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-head prior logits [B, k] from the text features [B, F'] and the attention mask [B, n]."""
+        return self.logits_from_counts(text_features, mask.to(torch.float32).sum(1, keepdim=True))
+
+    def logits_from_counts(self, text_features: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
+        """`logits` from the real-token counts [B, 1] (float32) instead of the mask: no encoder needed."""
         columns = [text_features.to(torch.float32)]
         if TOKENS in self.features:
-            columns.append(torch.log1p(mask.to(torch.float32).sum(1, keepdim=True)))
+            columns.append(torch.log1p(token_counts))
         x = torch.cat(columns, dim=1)
         mean, scale, weight, bias = (t.to(x.device) for t in self._tensors)
         return ((x - mean) / scale) @ weight.t() + bias

@@ -78,8 +78,9 @@ def test_gateway_overhead_smoke(tmp_path):
     run_bench("bench.gateway_overhead", "--requests", "8", "--rounds", "1", "--concurrency", "1", "4",
               "--sides", "64", "--router-prompts", "10", "--no-litellm", "--out", str(page))  # fmt: skip
     part = section(page.read_text(), "gateway-overhead")
-    for scenario in ("direct", "router off", "router on"):
+    for scenario in ("direct", "router off", "router on", "router on, tower"):
         assert f"| {scenario} | 8 | 0 |" in part  # every request answered, none failed
+    assert "prior alone, γ = 0" in part and "`router on, tower` adds" in part
     assert "64×64, concurrency 4: added p50 router off" in part and "LiteLLM was not run" in part
 
 
