@@ -125,6 +125,7 @@ def load_router(settings: Settings) -> PromptScorer:
     """The checkpoint at `router_path`: the paper's pair router (on `router_runtime`), or a many-model router
     (`kind: multi`) fixed to the settings' edge and cloud model ids."""
     from router_model.onnx_runtime import scorer_for
+    from router_model.prior_scorer import PriorScorer
     from router_model.scorers import load_scorer
 
     scorer = load_scorer(
@@ -138,7 +139,10 @@ def load_router(settings: Settings) -> PromptScorer:
                              "a many-model checkpoint runs on torch")  # fmt: skip
         log.info("many-model router: %s → %s scored by the %s head", scorer.edge_id, scorer.cloud_id, scorer.head)
         return scorer
-    return scorer_for(scorer, settings.router_runtime)
+    scorer = scorer_for(scorer, settings.router_runtime)
+    if isinstance(scorer, PriorScorer):
+        log.info("router scores with its feature prior alone (γ = 0): no encoder loaded, router_runtime unused")
+    return scorer
 
 
 def create_app(

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ["router_model.model", "router_model.encoder", "router_model.prs", "router_model.quality",
            "router_model.complexity", "router_model.features", "router_model.model_ids",
            "router_model.multi_router", "router_model.scorers", "router_model.onnx_runtime",
-           "router_model.prior", "router_model.moe"]  # fmt: skip
+           "router_model.prior", "router_model.prior_scorer", "router_model.moe"]  # fmt: skip
 COMMANDS = ["dataset", "train", "evaluate", "calibrate", "score", "frontier", "serve", "worker"]
 
 
