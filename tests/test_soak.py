@@ -14,7 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.gateway_overhead import COCO, cloud_prompts, running_stack
+from bench.gateway_overhead import COCO, cloud_prompts
+from bench.overhead_stack import running_stack
 from router_model.lab.data import read_prompts
 
 REQUESTS = 5000
