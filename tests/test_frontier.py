@@ -89,13 +89,24 @@ def test_cli_json_contract_and_plot(planted, tmp_path, capsys):
     data = json.loads(out.read_text())
     names = set(data["methods"])
     singles = {"single:sd-turbo", "single:planted:mid", "single:dall-e-3"}
-    assert names == singles | {"random_mix", "length_policy", "two_arm", "n_arm", "oracle"}
+    assert names == singles | {"random_mix", "length_policy", "two_arm", "two_arm_envelope", "n_arm", "oracle"}
     for m in data["methods"].values():
         assert m["points"] and all(set(p) == {"cost", "quality"} for p in m["points"])
         assert all(isinstance(p["cost"], float) and isinstance(p["quality"], float) for p in m["points"])
     assert data["costs"] == {"sd-turbo": 1.0, "planted:mid": 3.0, "dall-e-3": 10.0}
     assert png.stat().st_size > 1000
     assert "n_arm" in capsys.readouterr().out
+
+
+def test_page_states_the_two_arm_verdict_from_the_margins(result):
+    from router_model.lab import frontier_page as fp
+
+    shown = "shown" if result["margins"]["vs_two_arm_min"]["estimate"] >= -1e-9 else "not shown"
+    assert fp.at_every_cost(result) == (shown == "shown")
+    assert f"planted: **{shown}** (worst-cost margin" in fp.verdict({"planted": result})
+    text = fp.summary({"planted": result}) + fp.section(result, "Planted", "x.png")
+    assert "two_arm_envelope, optimistic reference (mean)" in text and f"| {shown} |" in text
+    assert "{verdict}" in fp.HEADER
 
 
 def test_costs_parse_raw_and_canonical_names():
@@ -130,6 +141,71 @@ def test_curve_helpers():
     assert fc.upper_envelope(pts).tolist() == [[1.0, 1.0], [3.0, 2.0]]
     q = fc.quality_at(pts, np.array([0.5, 2.0, 5.0]))
     assert np.isnan(q[0]) and q[1] == pytest.approx(1.5) and q[2] == pytest.approx(2.0)
+
+
+def _two_arm_and_envelope(quality, cost, fold):
+    """Both two-arm bars with perfect predictions, read on one grid of budgets."""
+    two, env = fc.two_arm(quality, cost, quality, cost, fold), fc.two_arm_envelope(quality, cost, quality, cost)
+    grid = np.linspace(cost.mean(0).min(), cost.mean(0).max(), 57)
+    return fc.quality_at(two, grid), fc.quality_at(env, grid)
+
+
+def test_deployable_two_arm_chooses_its_pair_on_the_other_folds():
+    # Fold 0's prompts are good on model 1 and bad on model 2; fold 1's the other way round. Predictions are
+    # perfect, so the envelope (pair chosen on the test labels) sends each fold's prompts to the right model,
+    # while the deployable router, choosing on the other fold, picks the pair that is wrong for each fold.
+    rng = np.random.default_rng(0)
+    fold = np.repeat([0, 1], 40)
+    good = np.where(fold == 0, 1, 2)
+    quality = np.full((80, 3), 2.0) + rng.normal(0, 0.1, (80, 3))
+    quality[np.arange(80), good] += 2.0
+    quality[np.arange(80), 3 - good] -= 1.0
+    cost = np.tile([1.0, 4.0, 4.5], (80, 1))
+    two, env = _two_arm_and_envelope(quality, cost, fold)
+    assert np.all(two <= env + 1e-9)  # with perfect predictions it cannot beat the envelope, and it is far below
+    assert np.mean(env - two) > 0.5
+    pairs, pair, _ = fc.two_arm_choices(quality, cost, quality, fold, 0, fc.two_arm_budgets(cost))
+    assert {pairs[j] for j in pair[-10:]} == {(0, 2)}  # fold 0 is sent to model 2, its worst, at high budgets
+
+
+def test_deployable_two_arm_equals_the_envelope_when_one_pair_dominates():
+    # Five folds that are copies of one another (the same 20 gaps of model 2 over model 0; model 1 costs more
+    # than model 0 and adds nothing): the pair (0, 2) is best on every fold at every budget, so choosing it on
+    # the other folds loses nothing and both bars read the same curve.
+    gaps = np.linspace(2.0, 0.1, 20)
+    fold = np.repeat(np.arange(5), 20)
+    quality = np.c_[np.ones(100), np.ones(100), 1.0 + np.tile(gaps, 5)]
+    cost = np.tile([1.0, 2.0, 3.0], (100, 1))
+    two, env = _two_arm_and_envelope(quality, cost, fold)
+    assert np.allclose(two, env, atol=1e-9)
+    for f in range(5):
+        pairs, pair, _ = fc.two_arm_choices(quality, cost, quality, fold, f, fc.two_arm_budgets(cost))
+        assert {pairs[j] for j in pair} <= {(0, 1), (0, 2)}  # (0, 1) only at share 0: model 0 alone
+
+
+def test_deployable_two_arm_never_reads_the_test_folds_labels():
+    rng = np.random.default_rng(3)
+    n = 300
+    quality = rng.normal(size=(n, 4)) + np.array([0.0, 0.3, 0.5, 0.8])
+    pred_q = quality + rng.normal(size=(n, 4))
+    cost = np.tile([1.0, 2.0, 5.0, 10.0], (n, 1))
+    fold = rng.integers(0, 5, n)
+    budgets = fc.two_arm_budgets(cost)
+    chosen = fc.two_arm_choices(quality, cost, pred_q, fold, 2, budgets)
+    own = np.flatnonzero(fold == 2)
+    shuffled = quality.copy()
+    shuffled[own] = quality[rng.permutation(own)]  # fold 2's true qualities permuted among its own prompts
+    noise = quality.copy()
+    noise[own] = rng.normal(0, 50, (len(own), 4))  # or replaced by noise
+    for q in (shuffled, noise):
+        again = fc.two_arm_choices(q, cost, pred_q, fold, 2, budgets)
+        assert again[0] == chosen[0] and np.array_equal(again[1], chosen[1]) and np.array_equal(again[2], chosen[2])
+        assert not np.allclose(fc.two_arm(q, cost, pred_q, cost, fold), fc.two_arm(quality, cost, pred_q, cost, fold))
+    other = quality.copy()
+    rest = np.flatnonzero(fold != 2)
+    other[rest] = quality[rng.permutation(rest)]  # the other folds' labels do decide the choice
+    moved = fc.two_arm_choices(other, cost, pred_q, fold, 2, budgets)
+    assert not (np.array_equal(moved[1], chosen[1]) and np.array_equal(moved[2], chosen[2]))
 
 
 def test_train_files_and_one_dimension(planted, tmp_path):

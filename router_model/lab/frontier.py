@@ -7,7 +7,8 @@ and the pooled MiniLM embedding, ability vector per model), trained on the other
 `train_multi` fits but does not keep, are refitted as the mean training residual. Predictions are
 put back in the test set's own units (per-dimension mean and std of the training folds) and averaged
 over the dimensions, like the true quality. The out-of-fold predictions of all folds then drive every
-policy of `frontier_curves` on the whole test set.
+policy of `frontier_curves` on the whole test set; the deployable two-arm router also gets each prompt's
+fold, to choose its pair for a fold on the other folds only.
 
 Cost: `--costs MODEL=COST` (any unit: dollars, GPU-seconds), or, when no costs are given, the test
 set's measured `seconds` per image (CEMS): then the realised cost is the prompt's own measurement and
@@ -317,8 +318,11 @@ def run_frontier(
     choices: list[dict] = []
     pred_q, pred_c = out_of_fold(test, items, train_sets, inputs, folds, seed, predictor, choices)
     words = np.array([len(it.prompt.split()) for it in test.items], dtype=np.float64)
-    curves = fc.all_curves(test.quality, test.cost, pred_q, pred_c, words, test.models)
-    ci = fc.bootstrap_margins(test.quality, test.cost, pred_q, pred_c, words, test.models, reps=bootstrap, seed=seed)
+    fold = fold_of(test.items, folds, seed)  # the folds of `out_of_fold`: the deployable two-arm router chooses by them
+    curves = fc.all_curves(test.quality, test.cost, pred_q, pred_c, words, test.models, fold)
+    ci = fc.bootstrap_margins(
+        test.quality, test.cost, pred_q, pred_c, words, test.models, fold, reps=bootstrap, seed=seed
+    )
     cheap, best = fc.cheapest_and_best(test.quality, test.cost)
     return {
         "dataset": name,

@@ -49,12 +49,19 @@ def ranked_split(
     score: np.ndarray, quality: np.ndarray, cost: np.ndarray, a: int, b: int, shares: np.ndarray = SHARES
 ) -> Curve:
     """The prompts with the highest `score` go to b (a share s of them), the rest to a; swept over s."""
+    return _sorted(np.c_[split_points(score, quality, cost, a, b, shares)])
+
+
+def split_points(
+    score: np.ndarray, quality: np.ndarray, cost: np.ndarray, a: int, b: int, shares: np.ndarray = SHARES
+) -> tuple[np.ndarray, np.ndarray]:
+    """`ranked_split`'s (mean cost, mean quality) at each share, in the order of `shares`."""
     n = len(score)
     order = np.argsort(-score, kind="stable")
     dq = np.r_[0.0, np.cumsum(quality[order, b] - quality[order, a])]
     dc = np.r_[0.0, np.cumsum(cost[order, b] - cost[order, a])]
     k = np.round(shares * n).astype(int)
-    return _sorted(np.c_[(cost[:, a].sum() + dc[k]) / n, (quality[:, a].sum() + dq[k]) / n])
+    return (cost[:, a].sum() + dc[k]) / n, (quality[:, a].sum() + dq[k]) / n
 
 
 def cheapest_and_best(quality: np.ndarray, cost: np.ndarray) -> tuple[int, int]:
@@ -65,17 +72,80 @@ def cheapest_and_best(quality: np.ndarray, cost: np.ndarray) -> tuple[int, int]:
     return cheap, best
 
 
-def two_arm(quality: np.ndarray, cost: np.ndarray, pred_q: np.ndarray, pred_c: np.ndarray) -> Curve:
-    """Upper envelope over every pair (cheaper a, dearer b) of the predicted-gap-ranked split."""
-    pts = []
-    m = quality.shape[1]
-    for a in range(m):
-        for b in range(m):
-            if a != b and pred_c[:, a].mean() < pred_c[:, b].mean():
-                pts.append(ranked_split(pred_q[:, b] - pred_q[:, a], quality, cost, a, b))
+def _pairs(mean_cost: np.ndarray) -> list[tuple[int, int]]:
+    m = len(mean_cost)
+    return [(a, b) for a in range(m) for b in range(m) if a != b and mean_cost[a] < mean_cost[b]]
+
+
+def two_arm_envelope(quality: np.ndarray, cost: np.ndarray, pred_q: np.ndarray, pred_c: np.ndarray) -> Curve:
+    """Optimistic reference: the upper envelope over every pair (cheaper a, dearer b) of the predicted-gap-ranked
+    split. The pair at each cost is the one best on the true test qualities, so no operator could deploy it."""
+    pts = [ranked_split(pred_q[:, b] - pred_q[:, a], quality, cost, a, b) for a, b in _pairs(pred_c.mean(0))]
     if not pts:
-        return upper_envelope(np.vstack([single(quality, cost, j) for j in range(m)]))
+        return upper_envelope(np.vstack([single(quality, cost, j) for j in range(quality.shape[1])]))
     return upper_envelope(np.vstack(pts))
+
+
+def two_arm_budgets(pred_c: np.ndarray, n: int = 101) -> np.ndarray:
+    """The budgets the deployable two-arm router is set to: even and (for positive costs) geometric steps
+    from the cheapest model's expected cost to the dearest's."""
+    lo, hi = float(pred_c.mean(0).min()), float(pred_c.mean(0).max())
+    grid = np.linspace(lo, hi, n)
+    return np.unique(np.r_[grid, np.geomspace(lo, hi, n)]) if lo > 0 else grid
+
+
+def two_arm_choices(
+    quality: np.ndarray, cost: np.ndarray, pred_q: np.ndarray, fold: np.ndarray, f: int, budgets: np.ndarray
+) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
+    """Fold f's deployable two-arm settings at each budget, chosen on the other folds' prompts only.
+
+    Every (pair, share) of the ranked split (cheaper a, dearer b by mean cost on the other folds; the
+    predicted gap ranks the prompts, the top share goes to b) is scored on the other folds' prompts with
+    their out-of-fold predictions and true qualities; at each budget the best one whose mean cost there
+    is within the budget is kept (the cheapest one when none is). Fold f's own labels and costs are never
+    read. Those out-of-fold predictions came from models that saw fold f (and their shrinkage slopes were
+    fitted with it): the same small leak the shrink-slope fit already accepts.
+    Returns (pairs, chosen pair index per budget, chosen share per budget).
+    """
+    train = fold != f
+    q, c, p = quality[train], cost[train], pred_q[train]
+    pairs = _pairs(c.mean(0))
+    if not pairs:
+        raise ValueError("a two-arm router needs two models of different mean cost")
+    pts = [split_points(p[:, b] - p[:, a], q, c, a, b) for a, b in pairs]
+    cand_c = np.concatenate([pc for pc, _ in pts])
+    cand_q = np.concatenate([pq for _, pq in pts])
+    order = np.lexsort((-cand_q, cand_c))  # by cost, the better first on a tie
+    sq = cand_q[order]
+    new_best = sq > np.r_[-np.inf, np.maximum.accumulate(sq)[:-1]]
+    best = order[np.maximum.accumulate(np.where(new_best, np.arange(len(sq)), 0))]  # best so far, by cost
+    at = np.clip(np.searchsorted(cand_c[order], budgets, side="right") - 1, 0, len(order) - 1)
+    pick = best[at]
+    return pairs, pick // len(SHARES), SHARES[pick % len(SHARES)]
+
+
+def two_arm(
+    quality: np.ndarray, cost: np.ndarray, pred_q: np.ndarray, pred_c: np.ndarray, fold: np.ndarray,
+    budgets: np.ndarray | None = None,
+) -> Curve:  # fmt: skip
+    """The deployable two-arm router: per fold and budget, the pair and share of `two_arm_choices` (chosen on
+    the other folds) applied to the fold's own prompts, ranked by their predicted gap; the folds' realised
+    (cost, quality) are combined weighted by fold size, one point per budget."""
+    budgets = two_arm_budgets(pred_c) if budgets is None else budgets
+    total = np.zeros((len(budgets), 2))
+    folds = np.unique(fold)
+    if len(folds) < 2:
+        raise ValueError("the deployable two-arm router needs at least two folds")
+    for f in folds:
+        pairs, pair, share = two_arm_choices(quality, cost, pred_q, fold, f, budgets)
+        te = fold == f
+        q, c, p = quality[te], cost[te], pred_q[te]
+        for j in np.unique(pair):
+            a, b = pairs[j]
+            at = pair == j
+            pc, pq = split_points(p[:, b] - p[:, a], q, c, a, b, share[at])
+            total[at] += te.sum() * np.c_[pc, pq]
+    return _sorted(total / len(fold))
 
 
 def lambdas(q: np.ndarray, c: np.ndarray, n: int = N_LAMBDAS) -> np.ndarray:
@@ -115,13 +185,14 @@ def length_policy(tokens: np.ndarray, quality: np.ndarray, cost: np.ndarray) -> 
     return ranked_split(np.asarray(tokens, dtype=np.float64), quality, cost, cheap, best)
 
 
-def all_curves(quality, cost, pred_q, pred_c, tokens, models) -> dict[str, Curve]:
-    """Every method's curve on one test set (the JSON's `methods`, in this order)."""
+def all_curves(quality, cost, pred_q, pred_c, tokens, models, fold) -> dict[str, Curve]:
+    """Every method's curve on one test set (the JSON's `methods`, in this order); `fold`: each prompt's fold."""
     cheap, best = cheapest_and_best(quality, cost)
     out = {f"single:{m}": single(quality, cost, j) for j, m in enumerate(models)}
     out["random_mix"] = mix(quality, cost, cheap, best)
     out["length_policy"] = length_policy(tokens, quality, cost)
-    out["two_arm"] = two_arm(quality, cost, pred_q, pred_c)
+    out["two_arm"] = two_arm(quality, cost, pred_q, pred_c, fold)
+    out["two_arm_envelope"] = two_arm_envelope(quality, cost, pred_q, pred_c)
     out["n_arm"] = n_arm(quality, cost, pred_q, pred_c)
     out["oracle"] = oracle(quality, cost)
     return out
@@ -156,16 +227,18 @@ def named_budgets(curves: dict[str, Curve]) -> dict[str, float]:
 
 
 def margins(curves: dict[str, Curve], target: str = "n_arm", budgets: dict[str, float] | None = None) -> dict:
-    """The issue's margins of `target`: mean and worst over a shared cost grid vs the best two-arm router and
-    the length policy, at each named budget (`vs_two_arm@0.1`: a tenth of the way from the cheapest model's
-    cost to the best's), and the worst vs every single model at that model's cost (where the target reaches it)."""
+    """The issue's margins of `target`: mean and worst over a shared cost grid vs the deployable two-arm router
+    and the length policy (and, as extra information, the optimistic two-arm envelope), at each named budget
+    (`vs_two_arm@0.1`: a tenth of the way from the cheapest model's cost to the best's), and the worst vs every
+    single model at that model's cost (where the target reaches it)."""
     t = curves[target]
     out: dict[str, float] = {}
+    others = [o for o in ("two_arm", "length_policy", "two_arm_envelope") if o in curves]
     for label, b in (budgets or named_budgets(curves)).items():
-        for other in ("two_arm", "length_policy"):
+        for other in others:
             d = quality_at(t, np.array([b])) - quality_at(curves[other], np.array([b]))
             out[f"vs_{other}@{label}"] = float(d[0])
-    for other in ("two_arm", "length_policy"):
+    for other in others:
         grid = budget_grid(t, curves[other])
         d = quality_at(t, grid) - quality_at(curves[other], grid)
         d = d[np.isfinite(d)]
@@ -183,12 +256,12 @@ def margins(curves: dict[str, Curve], target: str = "n_arm", budgets: dict[str, 
 
 
 def bootstrap_margins(
-    quality, cost, pred_q, pred_c, tokens, models, reps: int = 200, seed: int = 0,
+    quality, cost, pred_q, pred_c, tokens, models, fold, reps: int = 200, seed: int = 0,
     curves_fn: Callable = all_curves,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Point estimate and 95% percentile CI of every margin, resampling test prompts with replacement
-    (the predictions stay fixed: the CI is over the test sample, not over training)."""
-    curves = curves_fn(quality, cost, pred_q, pred_c, tokens, models)
+    """Point estimate and 95% percentile CI of every margin, resampling test prompts with replacement, each
+    with its fold (the predictions stay fixed: the CI is over the test sample, not over training)."""
+    curves = curves_fn(quality, cost, pred_q, pred_c, tokens, models, fold)
     budgets = named_budgets(curves)
     point = margins(curves, budgets=budgets)
     rng = np.random.default_rng(seed)
@@ -196,7 +269,7 @@ def bootstrap_margins(
     n = len(quality)
     for _ in range(reps):
         i = rng.integers(0, n, n)
-        m = margins(curves_fn(quality[i], cost[i], pred_q[i], pred_c[i], tokens[i], models), budgets=budgets)
+        m = margins(curves_fn(quality[i], cost[i], pred_q[i], pred_c[i], tokens[i], models, fold[i]), budgets=budgets)
         for k, v in m.items():
             draws[k].append(v)
     out = {}
