@@ -40,7 +40,8 @@ COPY router_model ./router_model
 COPY backends ./backends
 COPY gateway ./gateway
 COPY demo ./demo
-RUN pip install . && python -c "import gateway.app, router_model.model, backends.edge"
+# `fast`: orjson for the image bodies in and out, sniffio so httpcore does not retry a failed import per request
+RUN pip install ".[fast]" && python -c "import gateway.app, router_model.model, backends.edge, orjson, sniffio"
 
 # ---------------------------------------------------------------- runtime: the venv only, a non-root user
 FROM base AS runtime

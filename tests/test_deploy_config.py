@@ -164,7 +164,7 @@ def test_dockerfile_mirrors_ci_and_runs_the_app_factory():
             assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
             assert source not in ignored, f".dockerignore excludes {source}, which the Dockerfile copies"
     steps = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    assert steps.index('pip install "torch==${TORCH_VERSION}"') < steps.index("RUN pip install . ")
+    assert steps.index('pip install "torch==${TORCH_VERSION}"') < steps.index('RUN pip install ".[fast]" ')
     assert re.search(r"^ARG TORCH_VERSION=2\.13\.0$", text, re.MULTILINE)
     assert re.search(r"^ARG VARIANT=cuda$", text, re.MULTILINE) and "FROM base-${VARIANT}" in text
     assert re.search(r"^USER 10001", text, re.MULTILINE) and "/healthz" in text.split("HEALTHCHECK", 1)[1]
