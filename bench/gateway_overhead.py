@@ -13,8 +13,8 @@ peer proxy on the same upstream's OpenAI Images API. Scenarios, side by side in 
   wins would stay on the edge; they are left out so that every timed request takes the same path). The
   shipped checkpoint scores with its prior alone (γ = 0), so the gateway runs no encoder (router_model/prior_scorer.py);
 - router on, tower: the same through a second gateway whose checkpoint is the shipped one with its MoE tower
-  weighted (γ 0.25, as bench/router_latency.py judges the faster paths), on `--router-runtime`: what a router
-  that runs its encoder costs;
+  weighted (γ = `JUDGED_TOWER_WEIGHT` of bench/router_latency.py, which judges the faster paths there), on
+  `--router-runtime`: what a router that runs its encoder costs;
 - LiteLLM: POST {litellm}/v1/images/generations (b64_json), one worker, callbacks/DB/retries off.
 CPU per request is the server process tree's user+system time over the requests it served (from /proc).
 The router's own single-prompt cost is measured in this process (as in bench/router_latency.py) for
@@ -107,12 +107,9 @@ async def drive(
     return Run(np.asarray(latencies), errors, seconds, backends, cpu_seconds(stack.pid(scenario)) - cpu)
 
 
-async def cloud_prompts(
-    client: httpx.AsyncClient, gateway_url: str | Sequence[str], prompts: Sequence[str], want: int
-) -> list[str]:
-    """Prompts the gateway's POST /route (every one of several gateways') sends to the cloud now (ρ = 1: PRŜ < ½)."""
+async def cloud_prompts(client: httpx.AsyncClient, urls: Sequence[str], prompts: Sequence[str], want: int) -> list[str]:
+    """Prompts the POST /route of every gateway at `urls` sends to the cloud now (ρ = 1: PRŜ < ½)."""
     chosen: list[str] = []
-    urls = [gateway_url] if isinstance(gateway_url, str) else list(gateway_url)
     for prompt in prompts:
         backends = []
         for url in urls:
@@ -174,28 +171,17 @@ def _merge(runs: Sequence[Run]) -> Run:
     )
 
 
-def router_single_costs(prompts: Sequence[str], n: int = 200, runtime: str = "torch") -> dict[str, float]:
-    """p50 seconds of one single-prompt call, in this process, of the scorer each gateway runs: the shipped
-    checkpoint ("router on": its prior alone at γ = 0) and the one with its tower weighted (TOWER, on `runtime`)."""
+def router_single_costs(routers: dict, prompts: Sequence[str], runtime: str) -> dict[str, float]:
+    """p50 seconds of one single-prompt call, in this process, of the scorer each scenario's gateway runs for its
+    router (`scorer_for` on `runtime`: the shipped checkpoint is served by its prior alone)."""
     import torch
 
-    from bench.router_latency import full_router, load_router, paired_latency
+    from bench.router_latency import full_router, paired_latency
     from router_model.onnx_runtime import scorer_for
 
     torch.set_num_threads(1)
-    scorers = {
-        "router on": full_router(scorer_for(load_router(tower_weight=None), runtime)),
-        TOWER: full_router(scorer_for(load_router(), runtime)),
-    }
-    return {name: float(np.percentile(t, 50)) for name, t in paired_latency(scorers, prompts[:n]).items()}
-
-
-def tower_checkpoint(directory: Path) -> Path:
-    """The shipped checkpoint saved with its tower at the weight bench/router_latency.py judges (γ 0.25)."""
-    from bench.router_latency import load_router
-
-    load_router().save_pretrained(directory)
-    return directory
+    scorers = {name: full_router(scorer_for(router, runtime)) for name, router in routers.items()}
+    return {name: float(np.percentile(t, 50)) for name, t in paired_latency(scorers, prompts).items()}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -226,14 +212,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     exe = None if args.no_litellm else ensure_litellm(install=not args.no_install)
     prompts = read_prompts(args.prompts)[:2000]
-    router_p50 = router_single_costs(prompts, args.router_prompts, args.router_runtime)
+    from bench.router_latency import load_router
+
+    # ROUTER_ON: the shipped checkpoint as it is; TOWER: the same with its tower at bench/router_latency.py's weight
+    routers = {ROUTER_ON: load_router(tower_weight=None), TOWER: load_router()}
+    router_p50 = router_single_costs(routers, prompts[: args.router_prompts], args.router_runtime)
     # No score cache and no exact image cache: router on and router off send the same seeded prompts in each round,
     # so with the image cache on, whichever ran second was served from it without calling the worker.
     env = {"ROUTET2I_ROUTER_RUNTIME": args.router_runtime, "ROUTET2I_ROUTER_CACHE_SIZE": "0",
            "ROUTET2I_CACHE_ENABLED": "false"}  # fmt: skip
     with contextlib.ExitStack() as stack_of:
         tmp = Path(stack_of.enter_context(tempfile.TemporaryDirectory(prefix="routet2i-overhead-")))
-        tower = tower_checkpoint(tmp / "tower-checkpoint")
+        tower = routers[TOWER].save_pretrained(tmp / "tower-checkpoint")
         stack = stack_of.enter_context(
             running_stack(tmp, gateway_log=args.gateway_log, extra_env=env, tower_checkpoint=tower)
         )

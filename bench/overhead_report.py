@@ -14,8 +14,6 @@ from router_model.lab.markdown import table
 
 ROUTER_ON = "router on"  # the shipped checkpoint: its prior alone (γ = 0), no encoder run
 TOWER = "router on, tower"  # the same checkpoint with its MoE tower weighted: encoder + head on the runtime
-ROUTER_TEXT = {ROUTER_ON: "shipped checkpoint (prior alone, γ = 0: tokenizer and regex features, no encoder)",
-               TOWER: "tower weighted (γ 0.25: encoder + head)"}  # fmt: skip
 
 HEADERS = ("image", "concurrency", "scenario", "ok", "errors", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
            "req/s", "CPU ms/req", "served by")  # fmt: skip
@@ -30,6 +28,10 @@ def report(
     peer: str,
 ) -> str:  # fmt: skip
     """`router_p50`: the single-prompt p50 seconds of each router scenario's scorer, measured alone."""
+    from bench.router_latency import JUDGED_TOWER_WEIGHT  # here: the worker process imports this module, not torch
+
+    router_text = {ROUTER_ON: "shipped checkpoint (prior alone, γ = 0: tokenizer and regex features, no encoder)",
+                   TOWER: f"tower weighted (γ {JUDGED_TOWER_WEIGHT:g}: encoder + head)"}  # fmt: skip
     rows, notes = [], []
     json_lib = "orjson" if importlib.util.find_spec("orjson") else "stdlib json"
     peer_text = (
@@ -68,7 +70,7 @@ def report(
         table(HEADERS, rows, align="lrlrrrrrrrrl"),
         "",
         "Router alone (one prompt, in the load process, the gateway's scorer): "
-        + "; ".join(f"{ROUTER_TEXT[name]}, `{name}`: p50 {ms(p50)} ms" for name, p50 in router_p50.items())
+        + "; ".join(f"{router_text[name]}, `{name}`: p50 {ms(p50)} ms" for name, p50 in router_p50.items())
         + ". At concurrency 1, more CPU per request than router off (compare the router alone): "
         + "; ".join(
             f"`{name}` "

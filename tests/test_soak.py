@@ -82,7 +82,7 @@ def test_soak_5000_requests_at_concurrency_32(tmp_path):
 
         async def pick() -> list[str]:
             async with httpx.AsyncClient(timeout=30) as client:
-                return await cloud_prompts(client, stack.gateway_url, candidates, want=200)
+                return await cloud_prompts(client, [stack.gateway_url], candidates, want=200)
 
         prompts = asyncio.run(pick())  # every soak request takes the same path: router → cloud worker
         latencies, errors, memory = asyncio.run(soak(stack.gateway_url, stack.gateway.pid, prompts))
